@@ -1,0 +1,285 @@
+"""Engine: a loaded checkpoint (network, AudioVAE, tokenizer) and the generation algorithm around it.
+
+Tensors in, tensors out: audio arrives as waveforms with their sample rate, voices are encoded once into a `Voice`
+and reused; `generate` returns the waveform at `sample_rate`, `stream` yields one chunk per generated patch.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from . import checkpoint
+from .audio import AudioError, prepare_audio
+from .config import ModelConfig, load_config
+from .layers.audiovae import AudioVAE
+from .model import AUDIO_START_TOKEN, REF_AUDIO_END_TOKEN, REF_AUDIO_START_TOKEN, Caches, VoxCPMModel
+from .runtime import resolve_device, resolve_dtype
+from .tokenizer import TextTokenizer
+from .voice import Voice
+
+# Patches of prompt audio decoded together with the output for a smooth join (then trimmed):
+# prefix length 3 in v1, 4 in v2, minus the patch being generated.
+CONTEXT_PATCHES = {1: 2, 2: 3}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    cfg_value: float = 2.0
+    inference_timesteps: int = 10
+    min_len: int = 2
+    max_len: int = 4096
+    retry_badcase: bool = True
+    retry_badcase_max_times: int = 3
+    retry_badcase_ratio_threshold: float = 6.0
+
+    def check(self) -> None:
+        if not self.inference_timesteps >= 1:
+            raise ValueError(f"inference_timesteps must be >= 1, got {self.inference_timesteps}")
+        if not self.max_len >= 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+        if self.min_len < 0:
+            raise ValueError(f"min_len must be >= 0, got {self.min_len}")
+        if self.retry_badcase and self.retry_badcase_max_times < 1:
+            raise ValueError("retry_badcase_max_times must be >= 1 when retry_badcase is on")
+        if self.retry_badcase_ratio_threshold <= 0:
+            raise ValueError("retry_badcase_ratio_threshold must be > 0")
+
+
+@dataclass
+class Sequence:
+    """The prefill sequence of one request (spec layout), batch dimension included, on the model device."""
+
+    tokens: torch.Tensor  # [1, S] int
+    text_mask: torch.Tensor  # [1, S] int32
+    feat: torch.Tensor  # [1, S, P, D] model dtype
+    audio_mask: torch.Tensor  # [1, S] int32
+    context: torch.Tensor  # [1, C, P, D] prompt patches decoded with the output, then trimmed
+    target_tokens: int  # tokens of the target text alone (length rules)
+
+
+@dataclass
+class Result:
+    waveform: torch.Tensor  # [T] float32 CPU at the model's output rate
+    patches: torch.Tensor  # [N, P, D] generated latents (fp32 CPU)
+    attempts: int
+    seed: int | None
+
+
+def clean_text(text) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string (it is empty or only whitespace)")
+    return re.sub(r"\s+", " ", text.replace("\n", " "))
+
+
+class Engine:
+    def __init__(self, config: ModelConfig, model: VoxCPMModel, vae: AudioVAE, tokenizer: TextTokenizer,
+                 device: str, dtype: torch.dtype, path: Path | None = None):
+        self.config, self.model, self.vae, self.tokenizer = config, model, vae, tokenizer
+        self.device, self.dtype, self.path = torch.device(device), dtype, path
+        self._caches: dict[int, Caches] = {}
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, folder: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> "Engine":
+        """Load an official checkpoint folder strictly: built on the meta device, weights assigned, no random init."""
+        files = checkpoint.find_checkpoint_files(folder)
+        config = load_config(files.config)
+        device = resolve_device(device, config.device)
+        dtype = resolve_dtype(dtype, device, config.dtype)
+        tokenizer = TextTokenizer.from_folder(files.folder)
+        with torch.device("meta"):
+            model, vae = VoxCPMModel(config), AudioVAE(config.audio_vae)
+        checkpoint.load_strict(vae, checkpoint.read_state_dict(files.vae), dtype=torch.float32,
+                               what=files.vae.name)
+        checkpoint.load_strict(model, checkpoint.read_state_dict(files.weights), dtype=dtype,
+                               what=files.weights.name)
+        model, vae = model.to(device).eval(), vae.to(device).eval()
+        for module in model.modules():
+            if hasattr(module, "init_buffers"):
+                module.init_buffers(device, dtype)
+        return cls(config, model, vae, tokenizer, device, dtype, files.folder)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    # ------------------------------------------------------------------------------------------- voices
+    @torch.inference_mode()
+    def encode_audio(self, wav, sample_rate: int, *, pad_left: bool, name: str = "audio") -> torch.Tensor:
+        """Waveform (any rate, mono or multi-channel) -> latent patches [N, P, D], fp32 on CPU."""
+        patch_samples = self.config.input_samples_per_patch
+        wav = prepare_audio(wav, sample_rate, self.config.encode_sample_rate, min_samples=patch_samples, name=name)
+        pad = -wav.shape[1] % patch_samples
+        wav = torch.nn.functional.pad(wav, (pad, 0) if pad_left else (0, pad))
+        latents = self.vae.encode(wav.to(self.device)).float().cpu()  # [1, D, frames]
+        return latents.view(self.config.feat_dim, -1, self.config.patch_size).permute(1, 2, 0).contiguous()
+
+    def make_voice(self, prompt_audio=None, prompt_sample_rate: int | None = None, prompt_text: str | None = None,
+                   reference_audio=None, reference_sample_rate: int | None = None) -> Voice:
+        """Encode prompt audio (+ its transcript) and/or, on VoxCPM2, reference audio into a reusable Voice."""
+        if (prompt_audio is None) != (prompt_text is None):
+            missing = "prompt_text (the transcript of the prompt audio)" if prompt_text is None else "prompt audio"
+            raise ValueError(f"prompt audio and prompt_text go together: {missing} is missing")
+        if reference_audio is not None and self.version != 2:
+            raise ValueError("reference audio is only supported by VoxCPM2 models; this is a "
+                             f"{self.config.architecture} model (use prompt audio + prompt_text instead)")
+        if prompt_audio is None and reference_audio is None:
+            raise ValueError("give prompt audio with its transcript, or (VoxCPM2) reference audio")
+        if prompt_text is not None and not isinstance(prompt_text, str):
+            raise ValueError(f"prompt_text must be a string, got {type(prompt_text).__name__}")
+        if prompt_text is not None and self.version == 1 and not prompt_text.strip():
+            raise ValueError("prompt_text is empty: VoxCPM-0.5B/1.5 need the exact transcript of the prompt audio")
+        ref = (self.encode_audio(reference_audio, reference_sample_rate, pad_left=False, name="reference audio")
+               if reference_audio is not None else None)
+        prompt = (self.encode_audio(prompt_audio, prompt_sample_rate, pad_left=True, name="prompt audio")
+                  if prompt_audio is not None else None)
+        return Voice(self.version, self.sample_rate, prompt, prompt_text, ref)
+
+    def check_voice(self, voice: Voice) -> None:
+        if voice.version != self.version or voice.sample_rate != self.sample_rate:
+            raise ValueError(f"this voice was encoded by a different model generation ({voice.sample_rate} Hz "
+                             f"v{voice.version}); encode the audio again with this model ({self.sample_rate} Hz)")
+
+    # ------------------------------------------------------------------------------------------- sequence
+    def build_sequence(self, text: str, voice: Voice | None) -> Sequence:
+        P, D = self.config.patch_size, self.config.feat_dim
+        target = self.tokenizer.encode(text)
+        if not target:
+            raise ValueError(f"text {text!r} produced no tokens this model knows; check the language/characters")
+        continuation = voice is not None and voice.prompt_feat is not None
+        full_text = (voice.prompt_text + text) if continuation else text
+        text_tokens = self.tokenizer.encode(full_text) + [AUDIO_START_TOKEN]
+        # segments: (token ids, patches, is_audio)
+        segments: list[tuple[list[int], torch.Tensor, bool]] = []
+        if voice is not None and voice.ref_feat is not None:
+            n = voice.ref_feat.shape[0]
+            segments += [([REF_AUDIO_START_TOKEN], torch.zeros(1, P, D), False), ([0] * n, voice.ref_feat, True),
+                         ([REF_AUDIO_END_TOKEN], torch.zeros(1, P, D), False)]
+        segments.append((text_tokens, torch.zeros(len(text_tokens), P, D), False))
+        if continuation:
+            segments.append(([0] * voice.prompt_feat.shape[0], voice.prompt_feat, True))
+        tokens = [t for ids, _, _ in segments for t in ids]
+        feat = torch.cat([f for _, f, _ in segments])
+        audio = [int(a) for ids, _, a in segments for _ in ids]
+        limit = min(self.config.max_length, self.config.lm.max_position_embeddings)
+        if len(tokens) >= limit:
+            raise ValueError(f"text and prompt audio need {len(tokens)} positions but this model holds at most "
+                             f"{limit} (max_length); shorten the text ({len(target)} tokens) or the prompt audio "
+                             f"({0 if voice is None else voice.num_patches} patches)")
+        context = self._context_patches(feat, audio)
+        dev = self.device
+        audio_mask = torch.tensor(audio, dtype=torch.int32, device=dev)[None]
+        return Sequence(tokens=torch.tensor(tokens, dtype=torch.long, device=dev)[None],
+                        text_mask=1 - audio_mask, feat=feat.to(dev, self.dtype)[None], audio_mask=audio_mask,
+                        context=context.to(dev, self.dtype)[None], target_tokens=len(target))
+
+    def _context_patches(self, feat: torch.Tensor, audio: list[int]) -> torch.Tensor:
+        audio_positions = [i for i, a in enumerate(audio) if a]
+        wanted = CONTEXT_PATCHES[self.version]
+        # v1 takes context whenever any audio is present; v2 only when the sequence ends with prompt audio.
+        has_context = bool(audio_positions) and (self.version == 1 or audio[-1] == 1)
+        count = min(wanted, len(audio_positions)) if has_context else 0
+        return feat[audio_positions[len(audio_positions) - count:]] if count else feat[:0]
+
+    # ------------------------------------------------------------------------------------------- generation
+    def _caches_for(self, batch_size: int) -> Caches:
+        if batch_size not in self._caches:
+            self._caches[batch_size] = self.model.new_caches(batch_size, self.config.max_length, self.device,
+                                                             self.dtype)
+        return self._caches[batch_size]
+
+    def max_patches(self, seq: Sequence, options: GenerationOptions) -> int:
+        """Patch budget: the reference's length rule, capped so the KV cache and RoPE table never overflow."""
+        by_text = int(seq.target_tokens * options.retry_badcase_ratio_threshold + 10)
+        room = min(self.config.max_length, self.config.lm.max_position_embeddings) - seq.tokens.shape[1] + 1
+        return max(1, min(by_text, options.max_len, room))
+
+    def _noise_generator(self, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None  # torch's global generator, exactly like the reference
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    @torch.inference_mode()
+    def patches(self, seq: Sequence, options: GenerationOptions, generator: torch.Generator | None,
+                on_patch: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+        """The AR loop: yield each generated patch [1, P, D] (model dtype) until stop or the length budget."""
+        model, caches = self.model, self._caches_for(1)
+        budget = self.max_patches(seq, options)
+        state = model.prefill(seq.tokens, seq.text_mask, seq.feat, seq.audio_mask, caches)
+        noise_shape = (1, self.config.feat_dim, self.config.patch_size)
+        for i in range(budget):
+            noise = torch.randn(noise_shape, generator=generator, device=self.device, dtype=self.dtype)
+            patch = model.sample_patch(state, noise, options.inference_timesteps, options.cfg_value)
+            yield patch
+            if on_patch is not None:
+                on_patch(i + 1, budget)
+            if i == budget - 1 or (i > options.min_len and bool(model.stop_requested(state.lm_hidden)[0])):
+                return
+            state = model.advance(state, patch, caches)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[1, N, P, D] patches -> [T] float32 CPU waveform."""
+        z = latents.float().flatten(1, 2).transpose(1, 2)  # [1, D, N*P]
+        return self.vae.decode(z.to(self.device)).reshape(-1).cpu()
+
+    def _trim(self, seq: Sequence) -> int:
+        """Samples of re-synthesised prompt context at the start of the decoded output."""
+        if self.version == 1:  # v1 always drops 2 patches when any audio was in the input
+            return CONTEXT_PATCHES[1] * self.config.samples_per_patch if int(seq.audio_mask.sum()) else 0
+        return seq.context.shape[1] * self.config.samples_per_patch
+
+    @torch.inference_mode()
+    def generate(self, text: str, voice: Voice | None = None, options: GenerationOptions = GenerationOptions(),
+                 seed: int | None = None, on_patch: Callable[[int, int], None] | None = None) -> Result:
+        text, seq = self._prepare(text, voice, options)
+        generator = self._noise_generator(seed)
+        attempts = 0
+        while True:
+            attempts += 1
+            generated = torch.cat(list(self.patches(seq, options, generator, on_patch)), dim=0)  # [N, P, D]
+            counted = generated.shape[0] + (seq.context.shape[1] if self.version == 1 else 0)
+            bad = counted >= seq.target_tokens * options.retry_badcase_ratio_threshold
+            if not (options.retry_badcase and bad and attempts < options.retry_badcase_max_times):
+                break
+            print(f"Badcase detected, audio/text ratio {counted / seq.target_tokens:.2f}, retrying...",
+                  file=sys.stderr)
+        latents = torch.cat([seq.context[0], generated], dim=0)[None]
+        waveform = self.decode(latents)[self._trim(seq):]
+        return Result(waveform, generated.float().cpu(), attempts, seed)
+
+    @torch.inference_mode()
+    def stream(self, text: str, voice: Voice | None = None, options: GenerationOptions = GenerationOptions(),
+               seed: int | None = None, on_patch: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+        """Yield one float32 CPU chunk per generated patch (no badcase retry while streaming, like the reference).
+
+        v2 decodes statefully (chunks concatenate to the non-streaming output in zero-shot/reference modes);
+        v1 decodes a window of the last 3 patches and keeps the newest patch's samples, as the reference does."""
+        text, seq = self._prepare(text, voice, options)
+        generator = self._noise_generator(seed)
+        if self.version == 2:
+            decoder = self.vae.stream_decoder()
+            for patch in self.patches(seq, options, generator, on_patch):
+                yield decoder.decode(patch.float().transpose(1, 2)).reshape(-1).cpu()
+            return
+        window = list(seq.context[0].split(1))
+        keep = self.config.samples_per_patch
+        for patch in self.patches(seq, options, generator, on_patch):
+            window = (window + [patch])[-(CONTEXT_PATCHES[1] + 1):]
+            yield self.decode(torch.cat(window)[None])[-keep:]
+
+    def _prepare(self, text: str, voice: Voice | None, options: GenerationOptions) -> tuple[str, Sequence]:
+        options.check()
+        text = clean_text(text)
+        if voice is not None:
+            self.check_voice(voice)
+        return text, self.build_sequence(text, voice)
