@@ -99,6 +99,7 @@ class Engine:
         checkpoint.load_strict(model, checkpoint.read_state_dict(files.weights), dtype=dtype,
                                what=files.weights.name)
         model, vae = model.to(device).eval(), vae.to(device).eval()
+        vae.fold_weight_norm()
         for module in model.modules():
             if hasattr(module, "init_buffers"):
                 module.init_buffers(device, dtype)
