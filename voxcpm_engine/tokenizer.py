@@ -50,42 +50,51 @@ def _added_token(value, *, special: bool | None = None) -> AddedToken | None:
     return None
 
 
+def _is_token_value(value) -> bool:
+    return isinstance(value, (str, AddedToken)) or (isinstance(value, dict) and value.get("__type") == "AddedToken")
+
+
+def _listed_tokens(folder: Path, tokenizer_json: dict, cfg: dict) -> list[AddedToken]:
+    """The added tokens, in id order: tokenizer_config.json's added_tokens_decoder, else tokenizer.json's list
+    (and then special_tokens_map.json overrides the named special tokens in `cfg`)."""
+    decoder = cfg.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        tokens = [_added_token(v) for _, v in sorted(decoder.items(), key=lambda kv: int(kv[0]))]
+    else:
+        smap_path = folder / "special_tokens_map.json"
+        if smap_path.is_file():
+            for key, value in _read_json(smap_path, "tokenizer files").items():
+                cfg[key] = _added_token(value, special=True) if isinstance(value, dict) else value
+        listed = sorted(tokenizer_json.get("added_tokens") or [], key=lambda t: t.get("id", 0))
+        tokens = [_added_token(t) for t in listed]
+    return [t for t in tokens if t is not None]
+
+
 class _Specs:
     """Added tokens and options of a folder, resolved the way transformers 5 `from_pretrained` does."""
 
     def __init__(self, folder: Path, tokenizer_json: dict):
         cfg_path = folder / "tokenizer_config.json"
         cfg = _read_json(cfg_path, "tokenizer files") if cfg_path.is_file() else {}
-        decoder = cfg.get("added_tokens_decoder")
-        if isinstance(decoder, dict):
-            listed = sorted(decoder.items(), key=lambda kv: int(kv[0]))
-            tokens = [_added_token(v) for _, v in listed]
-        else:  # legacy layout: special_tokens_map.json overrides, tokenizer.json lists the added tokens
-            smap_path = folder / "special_tokens_map.json"
-            if smap_path.is_file():
-                for key, value in _read_json(smap_path, "tokenizer files").items():
-                    cfg[key] = _added_token(value, special=True) if isinstance(value, dict) else value
-            listed = sorted(tokenizer_json.get("added_tokens") or [], key=lambda t: t.get("id", 0))
-            tokens = [_added_token(t) for t in listed]
-        self.added = [t for t in tokens if t is not None]
-        by_content = {t.content: t for t in self.added}
-
+        self.added = _listed_tokens(folder, tokenizer_json, cfg)
         named = {k: cfg.get(k, _LLAMA_DEFAULTS.get(k)) for k in _NAMED_SPECIALS}
-        named.update({k: v for k, v in cfg.items() if k.endswith("_token") and k not in named
-                      and isinstance(v, (str, AddedToken))})
+        named.update({k: v for k, v in cfg.items() if k.endswith("_token") and k not in named and _is_token_value(v)})
         extra = cfg.get("extra_special_tokens") or cfg.get("additional_special_tokens") or []
         if isinstance(extra, dict):  # dict form = more named tokens
             named.update(extra)
             extra = []
+        by_content = {t.content: t for t in self.added}
         self.specials = [by_content.get(_content(v), v) for v in [*named.values(), *extra] if _content(v)]
         self.unk_token = _content(named["unk_token"])
         self.split_special_tokens = bool(cfg.get("split_special_tokens", False))
+        # LlamaTokenizer: add_prefix_space (None -> True) and legacy (default False) pick the Metaspace scheme
         add_prefix_space = cfg.get("add_prefix_space")
         add_prefix_space = True if add_prefix_space is None else bool(add_prefix_space)
         legacy = bool(cfg.get("legacy", False))
         self.prepend_scheme = ("always" if legacy else "first") if add_prefix_space else "never"
 
     def tokens_to_add(self) -> list[AddedToken]:
+        """The listed added tokens, then every special token not among them (as transformers registers them)."""
         tokens = list(self.added)
         seen = {t.content for t in tokens}
         for value in self.specials:

@@ -1,0 +1,283 @@
+"""Checkpoint folders: find the files of the official layout, read state dicts safely, load them strictly.
+
+Layout (the released repos and fine-tuned checkpoints):
+    config.json
+    model.safetensors      | pytorch_model.bin   the network minus the AudioVAE
+    audiovae.safetensors   | audiovae.pth        the AudioVAE (keys without the "audio_vae." prefix)
+    tokenizer.json (+ tokenizer_config.json, special_tokens_map.json)
+Pickled files are only ever read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CONFIG = "config.json"
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+VAE = ("audiovae.safetensors", "audiovae.pth")
+TOKENIZER = "tokenizer.json"
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
+ALL_FILES = (CONFIG, *WEIGHTS, *VAE, TOKENIZER, *TOKENIZER_EXTRAS)
+SOURCES = ("huggingface", "modelscope")
+_MAX_LISTED = 10
+_LFS_POINTER = b"version https://git-lfs"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, unsafe, or does not match the model built from config.json."""
+
+
+class DownloadError(RuntimeError):
+    """A model could not be fetched from the hub."""
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    folder: Path
+    config: Path
+    weights: Path  # model.safetensors or pytorch_model.bin
+    vae: Path  # audiovae.safetensors or audiovae.pth
+    tokenizer: Path  # tokenizer.json
+    tokenizer_config: Path | None = None
+    special_tokens_map: Path | None = None
+
+
+def _expected_files_text() -> str:
+    return (f"{CONFIG}, {WEIGHTS[0]} (or {WEIGHTS[1]}), {VAE[1]} (or {VAE[0]}), {TOKENIZER}, "
+            f"{TOKENIZER_EXTRAS[0]} and {TOKENIZER_EXTRAS[1]}")
+
+
+def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def find_checkpoint_files(folder: str | Path) -> CheckpointFiles:
+    """The files of a checkpoint folder; safetensors is preferred over the pickled alternative."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"Model folder {folder} does not exist; download the model (e.g. openbmb/VoxCPM2) "
+                                f"into it: {_expected_files_text()}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is a file; give the model folder that contains {CONFIG}")
+    groups = {"config": (CONFIG,), "weights": WEIGHTS, "vae": VAE, "tokenizer": (TOKENIZER,)}
+    found = {key: _first_existing(folder, names) for key, names in groups.items()}
+    missing = [" or ".join(groups[key]) for key, path in found.items() if path is None]
+    if missing:
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(f"Model folder {folder} is incomplete: missing {'; '.join(missing)}. "
+                                f"Expected {_expected_files_text()}. Present: {', '.join(present) or 'nothing'}")
+    extras = [_first_existing(folder, (name,)) for name in TOKENIZER_EXTRAS]
+    return CheckpointFiles(folder, found["config"], found["weights"], found["vae"], found["tokenizer"], *extras)
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+def _corrupt(path: Path, e: Exception) -> CheckpointError:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")[:200]
+    return CheckpointError(f"Cannot read {path}: the file is corrupt or truncated ({type(e).__name__}: {detail}). "
+                           "Delete it and download it again.")
+
+
+def safe_torch_load(path: str | Path):
+    """torch.load with weights_only=True (tensors and plain containers only), memory-mapped when possible."""
+    path = Path(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):  # legacy (non-zip) files cannot be memory-mapped
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):  # the weights_only unpickler met a class / function: never executed
+            detail = next(line for line in str(e).splitlines() if "GLOBAL" in line)
+            raise CheckpointError(f"Refusing to load {path}: it contains pickled objects other than tensors, which "
+                                  "could run code when loaded. Use the official file, or convert it to safetensors "
+                                  f"in an environment you trust. ({detail.strip()})") from None
+        raise _corrupt(path, e) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise _corrupt(path, e) from None
+
+
+def _check_tensors(path: Path, state: object) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict (name -> tensor)")
+    bad = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(map(str, bad))}")
+    return state
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor dict (CPU) from .safetensors or a pickled torch file (unwrapping {"state_dict": ...})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in the model "
+                                  "folder, or download the files with huggingface-cli / the download node")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # SafetensorError, header / size errors
+            raise _corrupt(path, e) from None
+    state = safe_torch_load(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return _check_tensors(path, state)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def _listing(items, limit: int = _MAX_LISTED) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _owner(module: nn.Module, key: str) -> tuple[nn.Module, str]:
+    prefix, _, name = key.rpartition(".")
+    return (module.get_submodule(prefix) if prefix else module), name
+
+
+def _mismatches(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    expected = module.state_dict(keep_vars=True)
+    problems = []
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [f"{k} (file {list(state_dict[k].shape)}, model {list(t.shape)})"
+              for k, t in expected.items() if k in state_dict and state_dict[k].shape != t.shape]
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_listing(shapes)}")
+    return problems
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype | None = None,
+                what: str = "model.safetensors") -> nn.Module:
+    """Assign `state_dict` to `module` (built on the meta device): every key must match by name and shape.
+
+    Floating tensors are cast to `dtype` (default: the dtype the module declares) one at a time; integer tensors
+    keep their dtype. Only non-persistent buffers may stay on meta afterwards (the caller re-initialises them).
+    """
+    problems = _mismatches(module, state_dict)
+    if problems:
+        raise CheckpointError(f"{what} does not match the model built from config.json: " + "; ".join(problems)
+                              + ". Check that the weights and config.json come from the same model (re-download "
+                              "the folder if in doubt).")
+    for key, current in module.state_dict(keep_vars=True).items():
+        tensor = state_dict[key]
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype or current.dtype)
+        owner, name = _owner(module, key)
+        if name in owner._parameters:
+            owner._parameters[name] = nn.Parameter(tensor, requires_grad=current.requires_grad)
+        else:
+            owner._buffers[name] = tensor
+    _check_materialized(module, what)
+    return module
+
+
+def _check_materialized(module: nn.Module, what: str) -> None:
+    left = []
+    for mod_name, mod in module.named_modules():
+        for name, t in [*mod._parameters.items(), *mod._buffers.items()]:
+            if t is not None and t.is_meta and name not in mod._non_persistent_buffers_set:
+                left.append(f"{mod_name}.{name}" if mod_name else name)
+    if left:
+        raise CheckpointError(f"after loading {what}, these tensors were never assigned (still on the meta "
+                              f"device): {_listing(left)}")
+
+
+# ------------------------------------------------------------------------------------------------- hub
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    return bool(_HUB_ID.match(text)) and not text.startswith((".", "~"))
+
+
+def _offline_help(repo_id: str, target: Path | None) -> str:
+    where = target if target is not None else "a local folder"
+    return (f"To work offline, download the files of {repo_id} on another machine and put them in {where}: "
+            f"{_expected_files_text()}; then pass that folder instead of the hub id.")
+
+
+def _download_hf(repo_id, target_dir, cache_dir, progress, local_files_only) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    if not progress:
+        disable_progress_bars()
+    try:  # HF_ENDPOINT / HF_HUB_OFFLINE / HF_TOKEN are honoured by huggingface_hub itself
+        return snapshot_download(repo_id, local_dir=target_dir, cache_dir=cache_dir, allow_patterns=list(ALL_FILES),
+                                 local_files_only=local_files_only)
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+
+
+def _download_modelscope(repo_id, target_dir, cache_dir) -> str:
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise DownloadError(f"Downloading {repo_id} from ModelScope needs the modelscope package: "
+                            "pip install modelscope (or use source='huggingface')") from None
+    kwargs = {k: str(v) for k, v in (("local_dir", target_dir), ("cache_dir", cache_dir)) if v is not None}
+    return snapshot_download(repo_id, **kwargs)
+
+
+def download(repo_id: str, target_dir: str | Path | None = None, source: str = "huggingface", progress: bool = True,
+             *, cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
+    """Fetch a model repository; files go to `target_dir`, or to the hub cache when it is None. Returns the folder."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    target = Path(target_dir).expanduser() if target_dir is not None else None
+    try:
+        if source == "huggingface":
+            folder = _download_hf(repo_id, target, cache_dir, progress, local_files_only)
+        else:
+            folder = _download_modelscope(repo_id, target, cache_dir)
+    except DownloadError:
+        raise
+    except Exception as e:  # network, auth, missing repo, offline cache miss
+        raise DownloadError(f"Could not download {repo_id!r} from {source} ({type(e).__name__}: {e}). "
+                            + _offline_help(repo_id, target)) from e
+    files = find_checkpoint_files(folder)
+    return files.folder
+
+
+def resolve_model_path(path_or_id: str | Path, cache_dir: str | Path | None = None, source: str = "huggingface",
+                       *, local_files_only: bool = False, progress: bool = True) -> Path:
+    """An existing local folder is used as is; a hub id ("owner/name") is downloaded; anything else is an error."""
+    text = os.fspath(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{path} is a file; give the model folder that contains {CONFIG}, or a hub id "
+                                "such as openbmb/VoxCPM2")
+    if isinstance(path_or_id, str) and looks_like_hub_id(text):
+        try:
+            return download(text, None, source, progress, cache_dir=cache_dir, local_files_only=local_files_only)
+        except DownloadError as e:
+            raise DownloadError(f"{text!r} is not a local folder, and as a hub id: {e}") from e.__cause__
+    raise FileNotFoundError(f"Model folder {text} does not exist (and it is not a hub id like openbmb/VoxCPM2). "
+                            f"Expected a folder with {_expected_files_text()}")
