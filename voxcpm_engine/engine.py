@@ -98,11 +98,11 @@ class Engine:
                                what=files.vae.name)
         checkpoint.load_strict(model, checkpoint.read_state_dict(files.weights), dtype=dtype,
                                what=files.weights.name)
-        model, vae = model.to(device).eval(), vae.to(device).eval()
-        vae.fold_weight_norm()
-        for module in model.modules():
+        for module in model.modules():  # derived tables (RoPE) are not in the files: compute them now
             if hasattr(module, "init_buffers"):
                 module.init_buffers(device, dtype)
+        model, vae = model.to(device).eval(), vae.to(device).eval()
+        vae.fold_weight_norm()
         return cls(config, model, vae, tokenizer, device, dtype, files.folder)
 
     @property

@@ -1,0 +1,194 @@
+"""Side-by-side benchmark of our engine and the reference `voxcpm` on a random full-size checkpoint.
+
+    python bench/engine.py --model 0.5B --dtype bfloat16 float32 --patches 12 --rounds 2
+
+Builds (once) a random VoxCPM-0.5B-sized checkpoint in the official layout under --workdir, then measures in ONE
+process, alternating ours and the reference: load time, peak RSS of the load, time per generated patch
+(steady state, from per-step timestamps), and prints ratios (ours / reference). This machine's speed drifts, so
+only the ratios of alternating runs are meaningful.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_checkpoint(folder: Path, name: str) -> None:
+    """Random full-size weights saved with our own (meta-free) build; tokenizer: the tiny synthetic one."""
+    from safetensors.torch import save_file
+
+    from real_configs import RELEASED
+    from tiny import write_tokenizer
+    from voxcpm_engine.config import parse_config
+    from voxcpm_engine.layers.audiovae import AudioVAE
+    from voxcpm_engine.model import VoxCPMModel
+
+    raw = json.loads(json.dumps(RELEASED[name]))
+    raw["device"] = "cpu"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer(folder)
+    cfg = parse_config(raw)
+    torch.manual_seed(0)
+    model = VoxCPMModel(cfg)
+    with torch.no_grad():  # keep activations bounded through 24+ random layers
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(0.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    del model
+    vae = AudioVAE(cfg.audio_vae)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(folder / "audiovae.safetensors"))
+    (folder / "config.json").write_text(json.dumps(raw, indent=1))
+
+
+def variant(base: Path, dtype: str) -> Path:
+    """Same weights, config.json dtype set (the reference takes its runtime dtype from there)."""
+    folder = base.parent / f"{base.name}-{dtype}"
+    folder.mkdir(exist_ok=True)
+    for f in base.iterdir():
+        if f.name != "config.json" and not (folder / f.name).exists():
+            os.symlink(f, folder / f.name)
+    raw = json.loads((base / "config.json").read_text())
+    raw["dtype"] = dtype
+    (folder / "config.json").write_text(json.dumps(raw))
+    return folder
+
+
+def load_ours(folder: Path, dtype: str):
+    from voxcpm_engine import VoxCPM
+
+    return VoxCPM(folder, device="cpu", dtype=dtype)
+
+
+def load_reference(folder: Path, dtype: str):
+    from voxcpm.core import VoxCPM as RefVoxCPM
+
+    return RefVoxCPM(str(folder), enable_denoiser=False, optimize=False, device="cpu")
+
+
+def timed_load(loader, folder, dtype):
+    gc.collect()
+    base = rss_mb()
+    reset_peak()
+    t0 = time.perf_counter()
+    tts = loader(folder, dtype)
+    return tts, time.perf_counter() - t0, peak_mb() - base
+
+
+class StepClock:
+    """Per-patch timestamps for both engines (ours via on_patch, the reference via its tqdm loop)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def __call__(self, *_):
+        self.stamps.append(time.perf_counter())
+
+    def per_patch(self) -> float:
+        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return statistics.median(gaps[1:] if len(gaps) > 2 else gaps)
+
+
+def run_ours(tts, text: str, patches: int) -> float:
+    from voxcpm_engine import GenerationOptions
+
+    clock = StepClock()
+    opts = GenerationOptions(min_len=patches, max_len=patches, retry_badcase=False)
+    tts.engine.generate(text, None, opts, seed=0, on_patch=clock)
+    return clock.per_patch()
+
+
+def run_reference(tts, text: str, patches: int) -> float:
+    import voxcpm.model.voxcpm as v1
+    import voxcpm.model.voxcpm2 as v2
+
+    clock = StepClock()
+
+    def ticking(iterable, *a, **k):
+        for item in iterable:
+            clock()
+            yield item
+
+    saved = v1.tqdm, v2.tqdm
+    v1.tqdm = v2.tqdm = ticking
+    try:
+        torch.manual_seed(0)
+        tts.generate(text, min_len=patches, max_len=patches, retry_badcase=False)
+    finally:
+        v1.tqdm, v2.tqdm = saved
+    return clock.per_patch()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="VoxCPM-0.5B", choices=["VoxCPM-0.5B", "VoxCPM1.5", "VoxCPM2"])
+    ap.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"])
+    ap.add_argument("--patches", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", default="/tmp/voxcpm-bench")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = Path(args.workdir) / args.model
+    if not (base / "config.json").exists():
+        print(f"building random {args.model} checkpoint in {base} ...", flush=True)
+        shutil.rmtree(base, ignore_errors=True)
+        build_checkpoint(base, args.model)
+    text = "hello world the quick brown fox"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.patches} patches per run")
+    for dtype in args.dtype:
+        folder = variant(base, dtype)
+        rows = {}
+        for name, loader in (("ours", load_ours), ("reference", load_reference)):
+            tts, seconds, peak = timed_load(loader, folder, dtype)
+            rows[name] = {"load_s": seconds, "load_peak_mb": peak, "tts": tts, "patch_s": []}
+        for _ in range(args.rounds):  # alternate to cancel drift
+            rows["ours"]["patch_s"].append(run_ours(rows["ours"]["tts"], text, args.patches))
+            rows["reference"]["patch_s"].append(run_reference(rows["reference"]["tts"], text, args.patches))
+        o, r = rows["ours"], rows["reference"]
+        op, rp = min(o["patch_s"]), min(r["patch_s"])
+        print(f"\n[{args.model} {dtype}]            ours      reference   ratio")
+        print(f"load time (s)          {o['load_s']:8.2f}   {r['load_s']:8.2f}   {o['load_s'] / r['load_s']:.2f}")
+        print(f"load peak RSS (MB)     {o['load_peak_mb']:8.0f}   {r['load_peak_mb']:8.0f}   "
+              f"{o['load_peak_mb'] / r['load_peak_mb']:.2f}")
+        print(f"time per patch (ms)    {1000 * op:8.1f}   {1000 * rp:8.1f}   {op / rp:.2f}")
+        del rows
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()
