@@ -45,7 +45,9 @@ class VoxCPM:
             raise ValueError("prompt_wav_path and prompt_text must both be provided or both be None")
         prompt = read_audio(prompt_wav_path, "prompt_wav_path") if prompt_wav_path is not None else (None, None)
         ref = read_audio(reference_wav_path, "reference_wav_path") if reference_wav_path is not None else (None, None)
-        return self.engine.make_voice(prompt[0], prompt[1], prompt_text, ref[0], ref[1])
+        return self.engine.make_voice(prompt[0], prompt[1], prompt_text, ref[0], ref[1],
+                                      prompt_name=f"prompt_wav_path {prompt_wav_path}",
+                                      reference_name=f"reference_wav_path {reference_wav_path}")
 
     # ------------------------------------------------------------------------------------------- generation
     def generate(self, text: str, prompt_wav_path=None, prompt_text=None, reference_wav_path=None,

@@ -17,6 +17,7 @@ from . import checkpoint
 from .audio import AudioError, prepare_audio
 from .config import ModelConfig, load_config
 from .layers.audiovae import AudioVAE
+from .lora import LoraInfo, apply_lora, load_lora, remove_lora
 from .model import AUDIO_START_TOKEN, REF_AUDIO_END_TOKEN, REF_AUDIO_START_TOKEN, Caches, VoxCPMModel
 from .runtime import resolve_device, resolve_dtype
 from .tokenizer import TextTokenizer
@@ -105,6 +106,27 @@ class Engine:
         vae.fold_weight_norm()
         return cls(config, model, vae, tokenizer, device, dtype, files.folder)
 
+    # ------------------------------------------------------------------------------------------- LoRA
+    _lora: LoraInfo | None = None
+
+    def set_lora(self, path: str | Path | None, strength: float = 1.0) -> LoraInfo | None:
+        """Apply a LoRA of the official fine-tuning (its folder or weights file), replacing any previous one;
+        None removes it. The file is checked completely first: on any error the model is left as it was.
+        Base weights are never modified, so removal restores the exact base output (see lora.py)."""
+        if path is None:
+            remove_lora(self.model)
+            self._lora = None
+            return None
+        adapter = load_lora(path, self.model, strength)
+        apply_lora(self.model, adapter)
+        self._lora = adapter.info
+        return adapter.info
+
+    @property
+    def lora(self) -> LoraInfo | None:
+        """The applied LoRA (path, strength, rank, alpha and its source, adapted layers), or None."""
+        return self._lora
+
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate
@@ -125,8 +147,11 @@ class Engine:
         return latents.view(self.config.feat_dim, -1, self.config.patch_size).permute(1, 2, 0).contiguous()
 
     def make_voice(self, prompt_audio=None, prompt_sample_rate: int | None = None, prompt_text: str | None = None,
-                   reference_audio=None, reference_sample_rate: int | None = None) -> Voice:
-        """Encode prompt audio (+ its transcript) and/or, on VoxCPM2, reference audio into a reusable Voice."""
+                   reference_audio=None, reference_sample_rate: int | None = None, *,
+                   prompt_name: str = "prompt audio", reference_name: str = "reference audio") -> Voice:
+        """Encode prompt audio (+ its transcript) and/or, on VoxCPM2, reference audio into a reusable Voice.
+
+        prompt_name / reference_name say in error messages which input was wrong (e.g. a file path)."""
         if (prompt_audio is None) != (prompt_text is None):
             missing = "prompt_text (the transcript of the prompt audio)" if prompt_text is None else "prompt audio"
             raise ValueError(f"prompt audio and prompt_text go together: {missing} is missing")
@@ -139,9 +164,9 @@ class Engine:
             raise ValueError(f"prompt_text must be a string, got {type(prompt_text).__name__}")
         if prompt_text is not None and self.version == 1 and not prompt_text.strip():
             raise ValueError("prompt_text is empty: VoxCPM-0.5B/1.5 need the exact transcript of the prompt audio")
-        ref = (self.encode_audio(reference_audio, reference_sample_rate, pad_left=False, name="reference audio")
+        ref = (self.encode_audio(reference_audio, reference_sample_rate, pad_left=False, name=reference_name)
                if reference_audio is not None else None)
-        prompt = (self.encode_audio(prompt_audio, prompt_sample_rate, pad_left=True, name="prompt audio")
+        prompt = (self.encode_audio(prompt_audio, prompt_sample_rate, pad_left=True, name=prompt_name)
                   if prompt_audio is not None else None)
         return Voice(self.version, self.sample_rate, prompt, prompt_text, ref)
 
