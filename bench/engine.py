@@ -46,7 +46,7 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def build_checkpoint(folder: Path, name: str) -> None:
+def build_checkpoint(folder: Path, name: str, device: str = "cpu") -> None:
     """Random full-size weights saved with our own (meta-free) build; tokenizer: the tiny synthetic one."""
     from safetensors.torch import save_file
 
@@ -62,12 +62,13 @@ def build_checkpoint(folder: Path, name: str) -> None:
     write_tokenizer(folder)
     cfg = parse_config(raw)
     torch.manual_seed(0)
-    model = VoxCPMModel(cfg)
+    with torch.device(device):  # random init is much faster on a GPU when one is there
+        model = VoxCPMModel(cfg)
     with torch.no_grad():  # keep activations bounded through 24+ random layers
         for p in model.parameters():
             if p.dim() == 2:
                 p.mul_(0.5)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     del model
     vae = AudioVAE(cfg.audio_vae)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(folder / "audiovae.safetensors"))
@@ -87,25 +88,33 @@ def variant(base: Path, dtype: str) -> Path:
     return folder
 
 
-def load_ours(folder: Path, dtype: str):
+def load_ours(folder: Path, dtype: str, device: str):
     from voxcpm_engine import VoxCPM
 
-    return VoxCPM(folder, device="cpu", dtype=dtype)
+    return VoxCPM(folder, device=device, dtype=dtype)
 
 
-def load_reference(folder: Path, dtype: str):
+def load_reference(folder: Path, dtype: str, device: str):
     from voxcpm.core import VoxCPM as RefVoxCPM
 
-    return RefVoxCPM(str(folder), enable_denoiser=False, optimize=False, device="cpu")
+    return RefVoxCPM(str(folder), enable_denoiser=False, optimize=False, device=device)
 
 
-def timed_load(loader, folder, dtype):
+def vram_mb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def timed_load(loader, folder, dtype, device):
     gc.collect()
-    base = rss_mb()
+    base, vram_base = rss_mb(), (torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0)
     reset_peak()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    tts = loader(folder, dtype)
-    return tts, time.perf_counter() - t0, peak_mb() - base
+    tts = loader(folder, dtype, device)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return tts, time.perf_counter() - t0, peak_mb() - base, vram_mb() - vram_base
 
 
 class StepClock:
@@ -160,6 +169,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default="/tmp/voxcpm-bench")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,15 +177,16 @@ def main() -> None:
     if not (base / "config.json").exists():
         print(f"building random {args.model} checkpoint in {base} ...", flush=True)
         shutil.rmtree(base, ignore_errors=True)
-        build_checkpoint(base, args.model)
+        build_checkpoint(base, args.model, args.device)
     text = "hello world the quick brown fox"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.patches} patches per run")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.patches} patches per run")
     for dtype in args.dtype:
         folder = variant(base, dtype)
         rows = {}
         for name, loader in (("ours", load_ours), ("reference", load_reference)):
-            tts, seconds, peak = timed_load(loader, folder, dtype)
-            rows[name] = {"load_s": seconds, "load_peak_mb": peak, "tts": tts, "patch_s": []}
+            tts, seconds, peak, vram = timed_load(loader, folder, dtype, args.device)
+            rows[name] = {"load_s": seconds, "load_peak_mb": peak, "vram_mb": vram, "tts": tts, "patch_s": []}
         for _ in range(args.rounds):  # alternate to cancel drift
             rows["ours"]["patch_s"].append(run_ours(rows["ours"]["tts"], text, args.patches))
             rows["reference"]["patch_s"].append(run_reference(rows["reference"]["tts"], text, args.patches))
@@ -185,6 +196,8 @@ def main() -> None:
         print(f"load time (s)          {o['load_s']:8.2f}   {r['load_s']:8.2f}   {o['load_s'] / r['load_s']:.2f}")
         print(f"load peak RSS (MB)     {o['load_peak_mb']:8.0f}   {r['load_peak_mb']:8.0f}   "
               f"{o['load_peak_mb'] / r['load_peak_mb']:.2f}")
+        if args.device.startswith("cuda"):
+            print(f"load VRAM (MB)         {o['vram_mb']:8.0f}   {r['vram_mb']:8.0f}   {o['vram_mb'] / r['vram_mb']:.2f}")
         print(f"time per patch (ms)    {1000 * op:8.1f}   {1000 * rp:8.1f}   {op / rp:.2f}")
         del rows
         gc.collect()

@@ -304,8 +304,8 @@ def soundfile_torchaudio_load():
         torchaudio.load = original
 
 
-def reference_model(folder):
-    """The reference `voxcpm.core.VoxCPM` on a folder (CPU, no denoiser, no torch.compile warm-up)."""
+def reference_model(folder, device: str = "cpu"):
+    """The reference `voxcpm.core.VoxCPM` on a folder (no denoiser, no torch.compile warm-up)."""
     from voxcpm.core import VoxCPM
 
-    return VoxCPM(str(folder), enable_denoiser=False, optimize=False, device="cpu")
+    return VoxCPM(str(folder), enable_denoiser=False, optimize=False, device=device)
