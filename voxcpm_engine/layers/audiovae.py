@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxcpm_engine.config import AudioVAEConfig
+from ..config import AudioVAEConfig
 
 Cache = dict  # module -> its last input frames; None means "whole signal, zero history"
 

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from voxcpm_engine.config import ModelConfig
-from voxcpm_engine.layers.locdit import LocDiT
+from ..config import ModelConfig
+from .locdit import LocDiT
 
 
 def sway_schedule(n_timesteps: int, dtype: torch.dtype, device) -> torch.Tensor:

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from voxcpm_engine.config import ModelConfig
-from voxcpm_engine.layers.minicpm import MiniCPMStack
+from ..config import ModelConfig
+from .minicpm import MiniCPMStack
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:

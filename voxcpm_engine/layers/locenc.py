@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from voxcpm_engine.config import ModelConfig
-from voxcpm_engine.layers.minicpm import MiniCPMStack
+from ..config import ModelConfig
+from .minicpm import MiniCPMStack
 
 
 class LocEnc(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from voxcpm_engine.config import StackConfig
+from ..config import StackConfig
 
 
 class RMSNorm(nn.Module):
