@@ -161,6 +161,25 @@ def run_reference(tts, text: str, patches: int) -> float:
     return clock.per_patch()
 
 
+def ttfc_ours(tts, text: str) -> float:
+    t0 = time.perf_counter()
+    stream = tts.generate_streaming(text, seed=0)
+    next(iter(stream))
+    elapsed = time.perf_counter() - t0
+    stream.close()
+    return elapsed
+
+
+def ttfc_reference(tts, text: str) -> float:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    stream = tts.generate_streaming(text)
+    next(stream)
+    elapsed = time.perf_counter() - t0
+    stream.close()
+    return elapsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="VoxCPM-0.5B", choices=["VoxCPM-0.5B", "VoxCPM1.5", "VoxCPM2"])
@@ -190,6 +209,8 @@ def main() -> None:
         for _ in range(args.rounds):  # alternate to cancel drift
             rows["ours"]["patch_s"].append(run_ours(rows["ours"]["tts"], text, args.patches))
             rows["reference"]["patch_s"].append(run_reference(rows["reference"]["tts"], text, args.patches))
+        for name, fn in (("ours", ttfc_ours), ("reference", ttfc_reference)):
+            rows[name]["ttfc_s"] = min(fn(rows[name]["tts"], text) for _ in range(2))
         o, r = rows["ours"], rows["reference"]
         op, rp = min(o["patch_s"]), min(r["patch_s"])
         print(f"\n[{args.model} {dtype}]            ours      reference   ratio")
@@ -199,6 +220,10 @@ def main() -> None:
         if args.device.startswith("cuda"):
             print(f"load VRAM (MB)         {o['vram_mb']:8.0f}   {r['vram_mb']:8.0f}   {o['vram_mb'] / r['vram_mb']:.2f}")
         print(f"time per patch (ms)    {1000 * op:8.1f}   {1000 * rp:8.1f}   {op / rp:.2f}")
+        print(f"first chunk (ms)       {1000 * o['ttfc_s']:8.1f}   {1000 * r['ttfc_s']:8.1f}   "
+              f"{o['ttfc_s'] / r['ttfc_s']:.2f}   (ours: {o['ttfc_s'] / op:.2f} x one patch)")
+        seconds_per_patch = o["tts"].engine.config.samples_per_patch / o["tts"].sample_rate
+        print(f"realtime factor        {op / seconds_per_patch:8.3f}   {rp / seconds_per_patch:8.3f}")
         del rows
         gc.collect()
 

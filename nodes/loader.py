@@ -121,10 +121,9 @@ class _Modules(torch.nn.Module):
 
 
 def _release_kv_caches(engine: Engine) -> None:
-    # After ComfyUI offloads the weights, drop the device-side KV caches too; the engine re-creates them on use.
-    caches = getattr(engine, "_caches", None)
-    if isinstance(caches, dict):
-        caches.clear()
+    # After ComfyUI offloads the weights, drop the device-side KV caches and captured graphs too; the engine
+    # re-creates them on use.
+    engine.release_caches()
 
 
 # ------------------------------------------------------------------------------------------------- cache

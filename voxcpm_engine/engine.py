@@ -16,6 +16,7 @@ import torch
 from . import checkpoint
 from .audio import AudioError, prepare_audio
 from .config import ModelConfig, load_config
+from .decode_step import StepFactory
 from .layers.audiovae import AudioVAE
 from .lora import LoraInfo, apply_lora, load_lora, remove_lora
 from .model import AUDIO_START_TOKEN, REF_AUDIO_END_TOKEN, REF_AUDIO_START_TOKEN, Caches, VoxCPMModel
@@ -83,6 +84,12 @@ class Engine:
         self.config, self.model, self.vae, self.tokenizer = config, model, vae, tokenizer
         self.device, self.dtype, self.path = torch.device(device), dtype, path
         self._caches: dict[int, Caches] = {}
+        self.steps = StepFactory(use_cuda_graphs=True)
+
+    def release_caches(self) -> None:
+        """Free the KV caches and captured graphs (call after moving the weights; they are rebuilt on demand)."""
+        self._caches.clear()
+        self.steps.clear()
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -113,6 +120,7 @@ class Engine:
         """Apply a LoRA of the official fine-tuning (its folder or weights file), replacing any previous one;
         None removes it. The file is checked completely first: on any error the model is left as it was.
         Base weights are never modified, so removal restores the exact base output (see lora.py)."""
+        self.steps.clear()  # captured graphs point at the replaced modules
         if path is None:
             remove_lora(self.model)
             self._lora = None
@@ -226,7 +234,8 @@ class Engine:
     def max_patches(self, seq: Sequence, options: GenerationOptions) -> int:
         """Patch budget: the reference's length rule, capped so the KV cache and RoPE table never overflow."""
         by_text = int(seq.target_tokens * options.retry_badcase_ratio_threshold + 10)
-        room = min(self.config.max_length, self.config.lm.max_position_embeddings) - seq.tokens.shape[1] + 1
+        # every patch but the last is fed back (a captured step feeds the last one too): one KV slot each
+        room = min(self.config.max_length, self.config.lm.max_position_embeddings) - seq.tokens.shape[1]
         return max(1, min(by_text, options.max_len, room))
 
     def _noise_generator(self, seed: int | None) -> torch.Generator | None:
@@ -242,15 +251,17 @@ class Engine:
         budget = self.max_patches(seq, options)
         state = model.prefill(seq.tokens, seq.text_mask, seq.feat, seq.audio_mask, caches)
         noise_shape = (1, self.config.feat_dim, self.config.patch_size)
+        step = self.steps.make(model, caches, options.inference_timesteps, options.cfg_value, state, noise_shape)
+        step.start(state)
         for i in range(budget):
             noise = torch.randn(noise_shape, generator=generator, device=self.device, dtype=self.dtype)
-            patch = model.sample_patch(state, noise, options.inference_timesteps, options.cfg_value)
+            patch, stop = step.sample(noise)
             yield patch
             if on_patch is not None:
                 on_patch(i + 1, budget)
-            if i == budget - 1 or (i > options.min_len and bool(model.stop_requested(state.lm_hidden)[0])):
+            if i == budget - 1 or (i > options.min_len and bool(stop[0])):
                 return
-            state = model.advance(state, patch, caches)
+            step.advance(patch)
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
