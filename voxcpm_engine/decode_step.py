@@ -22,8 +22,12 @@ class EagerStep:
         self.n_timesteps, self.cfg_value = n_timesteps, cfg_value
         self.state: DecodeState | None = None
 
-    def start(self, state: DecodeState) -> None:
+    def start(self, state: DecodeState, max_position: int) -> None:
+        """max_position: the largest of state.positions, known on the host. Batches attend over the filled KV
+        slots only (the empty tail of B static buffers is a lot to read); batch 1 reads the whole buffer like the
+        reference, which keeps its bf16 output bit-identical (a shorter softmax rounds differently)."""
         self.state = state
+        self.limit = max_position + 1 if state.positions.numel() > 1 else None
 
     def sample(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (patch [B,P,D], stop requested [B]) for the current state."""
@@ -31,7 +35,9 @@ class EagerStep:
         return patch, self.model.stop_requested(self.state.lm_hidden)
 
     def advance(self, patch: torch.Tensor) -> None:
-        self.state = self.model.advance(self.state, patch, self.caches)
+        self.state = self.model.advance(self.state, patch, self.caches, self.limit)
+        if self.limit is not None:
+            self.limit += 1
 
 
 class GraphStep(EagerStep):
@@ -73,7 +79,7 @@ class GraphStep(EagerStep):
         for dst, src in zip(self._state_tensors(), (nxt.lm_hidden, nxt.residual_hidden, patch, nxt.positions)):
             dst.copy_(src)
 
-    def start(self, state: DecodeState) -> None:
+    def start(self, state: DecodeState, max_position: int) -> None:
         for dst, src in zip(self._state_tensors(), (state.lm_hidden, state.residual_hidden, state.prev_patch,
                                                     state.positions)):
             dst.copy_(src)

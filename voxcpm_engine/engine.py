@@ -243,25 +243,83 @@ class Engine:
             return None  # torch's global generator, exactly like the reference
         return torch.Generator(device=self.device).manual_seed(int(seed))
 
+    def _pad(self, seqs: list[Sequence]):
+        """Right-pad a batch of sequences (masks 0 on padding) -> tokens, text_mask, feat, audio_mask, lengths."""
+        lengths = [s.tokens.shape[1] for s in seqs]
+        width = max(lengths)
+
+        def pad(t, value=0):
+            extra = width - t.shape[1]
+            return torch.cat([t, t.new_full((1, extra, *t.shape[2:]), value)], dim=1) if extra else t
+
+        stacked = [torch.cat([pad(getattr(s, name)) for s in seqs]) for name in ("tokens", "text_mask", "feat",
+                                                                                   "audio_mask")]
+        return (*stacked, torch.tensor(lengths, dtype=torch.long, device=self.device))
+
     @torch.inference_mode()
-    def patches(self, seq: Sequence, options: GenerationOptions, generator: torch.Generator | None,
-                on_patch: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
-        """The AR loop: yield each generated patch [1, P, D] (model dtype) until stop or the length budget."""
-        model, caches = self.model, self._caches_for(1)
-        budget = self.max_patches(seq, options)
-        state = model.prefill(seq.tokens, seq.text_mask, seq.feat, seq.audio_mask, caches)
-        noise_shape = (1, self.config.feat_dim, self.config.patch_size)
-        step = self.steps.make(model, caches, options.inference_timesteps, options.cfg_value, state, noise_shape)
-        step.start(state)
-        for i in range(budget):
-            noise = torch.randn(noise_shape, generator=generator, device=self.device, dtype=self.dtype)
+    def decode_steps(self, seqs: list[Sequence], options: GenerationOptions,
+                     generators: list[torch.Generator | None],
+                     on_patch: Callable[[int, int], None] | None = None) -> Iterator[tuple[torch.Tensor, list[bool]]]:
+        """The AR loop over a batch: yield (patches [B, P, D] of this step, which samples produced one).
+
+        Each sample draws its noise from its own generator, one [1, D, P] draw per generated patch, so a sample
+        gets the same patches in a batch as alone. It stops at its stop token (after min_len) or its budget."""
+        model, B = self.model, len(seqs)
+        budgets = [self.max_patches(s, options) for s in seqs]
+        tokens, text_mask, feat, audio_mask, lengths = self._pad(seqs)
+        caches = self._caches_for(B)
+        state = model.prefill(tokens, text_mask, feat, audio_mask, caches, lengths)
+        D, P = self.config.feat_dim, self.config.patch_size
+        step = self.steps.make(model, caches, options.inference_timesteps, options.cfg_value, state, (B, D, P))
+        step.start(state, max(s.tokens.shape[1] for s in seqs))
+        active = [True] * B
+        for i in range(max(budgets)):
+            noise = torch.cat([torch.randn((1, D, P), generator=g, device=self.device, dtype=self.dtype) if a
+                               else torch.zeros((1, D, P), device=self.device, dtype=self.dtype)
+                               for g, a in zip(generators, active)])
             patch, stop = step.sample(noise)
-            yield patch
+            yield patch, list(active)
             if on_patch is not None:
-                on_patch(i + 1, budget)
-            if i == budget - 1 or (i > options.min_len and bool(stop[0])):
+                on_patch(i + 1, max(budgets))
+            stops = stop.tolist()  # the one host-device sync of a step
+            active = [a and not (i == budgets[b] - 1 or (i > options.min_len and stops[b]))
+                      for b, a in enumerate(active)]
+            if not any(active):
                 return
             step.advance(patch)
+
+    def patches(self, seq: Sequence, options: GenerationOptions, generator: torch.Generator | None,
+                on_patch: Callable[[int, int], None] | None = None) -> Iterator[torch.Tensor]:
+        """One sequence: yield each generated patch [1, P, D] (model dtype) until stop or the length budget."""
+        for patch, _ in self.decode_steps([seq], options, [generator], on_patch):
+            yield patch
+
+    def _generate_latents(self, seqs: list[Sequence], options: GenerationOptions,
+                          generators: list[torch.Generator | None], on_patch=None) -> tuple[list[torch.Tensor], list[int]]:
+        """Generated patches [N_i, P, D] per sequence, with badcase retry (bad samples re-run together, each
+        continuing its own generator, as the reference's retry does) -> (patches, attempts)."""
+        results: list[torch.Tensor | None] = [None] * len(seqs)
+        attempts = [0] * len(seqs)
+        todo = list(range(len(seqs)))
+        while todo:
+            collected: list[list[torch.Tensor]] = [[] for _ in todo]
+            for patch, active in self.decode_steps([seqs[j] for j in todo], options, [generators[j] for j in todo],
+                                                   on_patch):
+                for k, a in enumerate(active):
+                    if a:
+                        collected[k].append(patch[k:k + 1])
+            retry = []
+            for k, j in enumerate(todo):
+                attempts[j] += 1
+                results[j] = torch.cat(collected[k], dim=0)
+                counted = results[j].shape[0] + (seqs[j].context.shape[1] if self.version == 1 else 0)
+                bad = counted >= seqs[j].target_tokens * options.retry_badcase_ratio_threshold
+                if options.retry_badcase and bad and attempts[j] < options.retry_badcase_max_times:
+                    print(f"Badcase detected, audio/text ratio {counted / seqs[j].target_tokens:.2f}, retrying...",
+                          file=sys.stderr)
+                    retry.append(j)
+            todo = retry
+        return results, attempts
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -275,24 +333,33 @@ class Engine:
             return CONTEXT_PATCHES[1] * self.config.samples_per_patch if int(seq.audio_mask.sum()) else 0
         return seq.context.shape[1] * self.config.samples_per_patch
 
+    def _waveform(self, seq: Sequence, generated: torch.Tensor) -> torch.Tensor:
+        latents = torch.cat([seq.context[0], generated], dim=0)[None]
+        return self.decode(latents)[self._trim(seq):]
+
     @torch.inference_mode()
     def generate(self, text: str, voice: Voice | None = None, options: GenerationOptions = GenerationOptions(),
                  seed: int | None = None, on_patch: Callable[[int, int], None] | None = None) -> Result:
-        text, seq = self._prepare(text, voice, options)
-        generator = self._noise_generator(seed)
-        attempts = 0
-        while True:
-            attempts += 1
-            generated = torch.cat(list(self.patches(seq, options, generator, on_patch)), dim=0)  # [N, P, D]
-            counted = generated.shape[0] + (seq.context.shape[1] if self.version == 1 else 0)
-            bad = counted >= seq.target_tokens * options.retry_badcase_ratio_threshold
-            if not (options.retry_badcase and bad and attempts < options.retry_badcase_max_times):
-                break
-            print(f"Badcase detected, audio/text ratio {counted / seq.target_tokens:.2f}, retrying...",
-                  file=sys.stderr)
-        latents = torch.cat([seq.context[0], generated], dim=0)[None]
-        waveform = self.decode(latents)[self._trim(seq):]
-        return Result(waveform, generated.float().cpu(), attempts, seed)
+        return self.generate_batch([text], voice, options, [seed], on_patch)[0]
+
+    @torch.inference_mode()
+    def generate_batch(self, texts: list[str], voice: Voice | None = None,
+                       options: GenerationOptions = GenerationOptions(), seeds: list[int | None] | None = None,
+                       on_patch: Callable[[int, int], None] | None = None) -> list[Result]:
+        """Several texts in the same voice, generated together as one batch (one Result per text).
+
+        With seeds given, each text gets exactly the audio generate(text, seed=...) gives alone (up to kernel
+        rounding); seeds=None draws every sample's noise from torch's global generator."""
+        if isinstance(texts, str) or not texts:
+            raise ValueError("texts must be a non-empty list of strings")
+        seeds = [None] * len(texts) if seeds is None else list(seeds)
+        if len(seeds) != len(texts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(texts)} texts")
+        seqs = [self._prepare(text, voice, options)[1] for text in texts]
+        generated, attempts = self._generate_latents(seqs, options, [self._noise_generator(s) for s in seeds],
+                                                     on_patch)
+        return [Result(self._waveform(seq, g), g.float().cpu(), n, seed)
+                for seq, g, n, seed in zip(seqs, generated, attempts, seeds)]
 
     @torch.inference_mode()
     def stream(self, text: str, voice: Voice | None = None, options: GenerationOptions = GenerationOptions(),

@@ -87,8 +87,11 @@ class VoxCPMModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- prefill / step
     def prefill(self, tokens: torch.Tensor, text_mask: torch.Tensor, feat: torch.Tensor, audio_mask: torch.Tensor,
-                caches: Caches) -> DecodeState:
-        """Run the whole prompt sequence [B, S] (tokens, masks) / [B, S, P, D] (patches) through both LMs."""
+                caches: Caches, lengths: torch.Tensor | None = None) -> DecodeState:
+        """Run the whole prompt sequence [B, S] (tokens, masks) / [B, S, P, D] (patches) through both LMs.
+
+        Batched sequences of different lengths are right-padded (masks 0) with their true lengths [B] given:
+        the causal LMs never let a real position see the padding, and decoding continues at each sample's length."""
         feat_embed = self.embed_patches(feat)
         scale_emb = self.config.lm.scale_emb if self.config.lm.use_mup else 1.0
         text_embed = self.base_lm.embed_tokens(tokens) * scale_emb
@@ -98,9 +101,10 @@ class VoxCPMModel(nn.Module):
         hidden = self.fsq_layer(hidden) * audio_mask + hidden * text_mask
         residual = self.residual_lm(self.residual_input(hidden, audio_mask * feat_embed), is_causal=True,
                                     cache=caches.residual)
-        length = tokens.shape[1]
-        positions = torch.full((tokens.shape[0],), length, dtype=torch.long, device=tokens.device)
-        return DecodeState(hidden[:, -1], residual[:, -1], feat[:, -1], positions)
+        if lengths is None:
+            lengths = torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
+        rows, last = torch.arange(tokens.shape[0], device=tokens.device), lengths - 1
+        return DecodeState(hidden[rows, last], residual[rows, last], feat[rows, last], lengths.clone())
 
     def sample_patch(self, state: DecodeState, noise: torch.Tensor, n_timesteps: int,
                      cfg_value: float) -> torch.Tensor:
@@ -109,9 +113,11 @@ class VoxCPMModel(nn.Module):
         cond = state.prev_patch.transpose(1, 2).contiguous()
         return self.feat_decoder(mu, cond, noise, n_timesteps, cfg_value).transpose(1, 2)
 
-    def advance(self, state: DecodeState, patch: torch.Tensor, caches: Caches) -> DecodeState:
-        """Feed a generated patch back through both LMs (the base LM sees only the audio embedding)."""
+    def advance(self, state: DecodeState, patch: torch.Tensor, caches: Caches, limit: int | None = None) -> DecodeState:
+        """Feed a generated patch back through both LMs (the base LM sees only the audio embedding).
+        limit: optional bound (> every position) on the KV slots attended (see MiniCPMStack.step)."""
         embed = self.embed_patches(patch.unsqueeze(1))[:, 0]
-        lm_hidden = self.fsq_layer(self.base_lm.step(embed, caches.base, state.positions))
-        residual = self.residual_lm.step(self.residual_input(lm_hidden, embed), caches.residual, state.positions)
+        lm_hidden = self.fsq_layer(self.base_lm.step(embed, caches.base, state.positions, limit))
+        residual = self.residual_lm.step(self.residual_input(lm_hidden, embed), caches.residual, state.positions,
+                                         limit)
         return DecodeState(lm_hidden, residual, patch, state.positions + 1)

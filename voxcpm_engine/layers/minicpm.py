@@ -187,18 +187,22 @@ class MiniCPMStack(nn.Module):
             x = layer(x, rope, is_causal, kv_out)
         return self.norm(x)
 
-    def step(self, x: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
-        """One token per sample: x [B,H] at absolute positions [B] -> hidden [B,H]. Sync-free."""
+    def step(self, x: torch.Tensor, cache: KVCache, positions: torch.Tensor, limit: int | None = None) -> torch.Tensor:
+        """One token per sample: x [B,H] at absolute positions [B] -> hidden [B,H]. Sync-free.
+
+        limit (optional, > every position): attend over cache slots [0, limit) only instead of the whole static
+        buffer; masked slots weigh exactly zero either way, so it only saves reading the empty tail."""
         B = x.size(0)
         rope = None
         if self.rotary is not None:
             cos, sin = self.rotary(positions)
             rope = cos.view(B, 1, 1, -1), sin.view(B, 1, 1, -1)
         c = self.cfg
+        length = cache.max_length if limit is None else limit
         slot_index = positions.view(B, 1, 1, 1).expand(B, c.num_key_value_heads, 1, c.head_dim)
-        slots = torch.arange(cache.max_length, device=x.device)
+        slots = torch.arange(length, device=x.device)
         mask = (slots <= positions.view(B, 1)).view(B, 1, 1, -1)
         h = x.unsqueeze(1)
         for i, layer in enumerate(self.layers):
-            h = layer.step(h, rope, cache.k[i], cache.v[i], slot_index, mask)
+            h = layer.step(h, rope, cache.k[i][:, :, :length], cache.v[i][:, :, :length], slot_index, mask)
         return self.norm(h).squeeze(1)
