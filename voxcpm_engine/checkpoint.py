@@ -9,9 +9,13 @@ Pickled files are only ever read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import re
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +112,62 @@ def safe_torch_load(path: str | Path):
         raise _corrupt(path, e) from None
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class SafetensorsFile(Mapping):
+    """The tensors of a .safetensors file, each read on access with plain file reads.
+
+    Not memory-mapped on purpose: a loader that casts and assigns tensor by tensor then holds one file tensor at a
+    time, so loading a bf16 model from an fp32 file never needs the whole fp32 file in memory (mapped pages would
+    count in the process's resident memory until it exits the load)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        with open(self.path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError(f"header of {header_len} bytes does not fit in a {size}-byte file")
+            header = json.loads(f.read(header_len))
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.data_start, self.entries = 8 + header_len, header
+        for key, entry in header.items():
+            begin, end = entry["data_offsets"]
+            dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+            if dtype is None:
+                raise ValueError(f"tensor {key!r} has unsupported dtype {entry['dtype']}")
+            if end - begin != math.prod(entry["shape"]) * dtype.itemsize or self.data_start + end > size:
+                raise ValueError(f"tensor {key!r} lies outside the file (truncated download?)")
+
+    def shape_of(self, key: str) -> torch.Size:
+        return torch.Size(self.entries[key]["shape"])
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        entry = self.entries[key]
+        begin, end = entry["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            data = bytearray(f.read(end - begin))
+        if not data:
+            return torch.empty(entry["shape"], dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(entry["shape"])
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _shape(state_dict, key: str) -> torch.Size:
+    shape_of = getattr(state_dict, "shape_of", None)
+    return shape_of(key) if shape_of is not None else state_dict[key].shape
+
+
 def _check_tensors(path: Path, state: object) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict (name -> tensor)")
@@ -117,8 +177,9 @@ def _check_tensors(path: Path, state: object) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A flat name -> tensor dict (CPU) from .safetensors or a pickled torch file (unwrapping {"state_dict": ...})."""
+def read_state_dict(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """A flat name -> tensor mapping (CPU) from .safetensors (read lazily, see SafetensorsFile) or a pickled torch
+    file (unwrapping {"state_dict": ...})."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file {path} does not exist")
@@ -127,11 +188,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in the model "
                                   "folder, or download the files with huggingface-cli / the download node")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # SafetensorError, header / size errors
+            return SafetensorsFile(path)
+        except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:  # bad header / sizes
             raise _corrupt(path, e) from None
     state = safe_torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -157,8 +216,8 @@ def _mismatches(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[
     problems = []
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    shapes = [f"{k} (file {list(state_dict[k].shape)}, model {list(t.shape)})"
-              for k, t in expected.items() if k in state_dict and state_dict[k].shape != t.shape]
+    shapes = [f"{k} (file {list(_shape(state_dict, k))}, model {list(t.shape)})"
+              for k, t in expected.items() if k in state_dict and _shape(state_dict, k) != t.shape]
     if missing:
         problems.append(f"{len(missing)} missing key(s): {_listing(missing)}")
     if unexpected:
