@@ -1,6 +1,7 @@
 """ComfyUI AUDIO values ({"waveform": [B, C, T] float32, "sample_rate": int}) <-> plain tensors."""
 from __future__ import annotations
 
+import base64
 import hashlib
 
 import torch
@@ -62,3 +63,21 @@ def trim_silence(wav: torch.Tensor, sample_rate: int, threshold_db: float = -40.
 
 def duration(wav: torch.Tensor, sample_rate: int) -> float:
     return wav.shape[-1] / float(sample_rate)
+
+
+def pcm16(waveform: torch.Tensor) -> bytes:
+    """Float samples -> 16-bit little-endian PCM (clipped to [-1, 1], scaled by 32767, rounded)."""
+    wav = waveform.detach().to("cpu", torch.float32).reshape(-1).clamp(-1.0, 1.0)
+    return (wav * 32767.0).round().to(torch.int16).numpy().astype("<i2").tobytes()
+
+
+def pcm16_base64(waveform: torch.Tensor) -> str:
+    return base64.b64encode(pcm16(waveform)).decode("ascii")
+
+
+def write_flac(path: str, waveform: torch.Tensor, sample_rate: int) -> None:
+    """A mono waveform [T] -> a 24-bit FLAC file (what ComfyUI's audio player shows)."""
+    import soundfile as sf
+
+    wav = waveform.detach().to("cpu", torch.float32).reshape(-1).clamp(-1.0, 1.0).numpy()
+    sf.write(path, wav, int(sample_rate), format="FLAC", subtype="PCM_24")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
+import tempfile
 from typing import Callable
 
 import torch
@@ -60,6 +62,32 @@ def register_model_folder() -> None:
         fp.folder_names_and_paths[MODEL_FOLDER] = (paths, extensions)
     else:
         fp.folder_names_and_paths[MODEL_FOLDER] = ([default], {".json", ".safetensors", ".bin", ".pth"})
+
+
+def register_extra_model_folder(name: str, extensions: set[str] | None = None) -> None:
+    """Add models/<name> to ComfyUI's folder list (key `name`), keeping entries extra_model_paths.yaml made."""
+    fp = _comfy_module("folder_paths")
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, name)
+    if name in fp.folder_names_and_paths:
+        paths, known = fp.folder_names_and_paths[name]
+        if default not in paths:
+            paths.append(default)
+        fp.folder_names_and_paths[name] = (paths, known)
+    else:
+        fp.folder_names_and_paths[name] = ([default], set(extensions or ()))
+
+
+def release_device_memory(device) -> None:
+    """After dropping a model from a GPU: give the freed cache back (ComfyUI's soft_empty_cache inside ComfyUI)."""
+    if torch.device(device).type == "cpu":
+        return
+    mm = _comfy_module("comfy.model_management")
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def folder_paths_for(name: str) -> list[str]:
@@ -219,3 +247,151 @@ class Progress:
             self._bar.update_absolute(int(value), self.total)
         elif _fallback_progress_hook is not None:
             _fallback_progress_hook(int(value), self.total)
+
+
+# ------------------------------------------------------------------------------------------------- browser messages
+
+_fallback_message_hook: Callable[[str, dict], None] | None = None
+
+
+def set_fallback_message_hook(hook: Callable[[str, dict], None] | None) -> None:
+    """Outside ComfyUI: receive every message meant for the browser as hook(event, data) (tests, scripts)."""
+    global _fallback_message_hook
+    _fallback_message_hook = hook
+
+
+def _prompt_server():
+    server = _comfy_module("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None) if server is not None else None
+
+
+def current_prompt_id() -> str | None:
+    """The id of the prompt being executed (None outside ComfyUI)."""
+    context = _comfy_module("comfy_execution.utils")
+    get = getattr(context, "get_executing_context", None) if context is not None else None
+    found = get() if get is not None else None
+    if found is not None and getattr(found, "prompt_id", None):
+        return found.prompt_id
+    ps = _prompt_server()
+    return getattr(ps, "last_prompt_id", None) if ps is not None else None
+
+
+def send_to_client(event: str, data: dict) -> None:
+    """Send a JSON message {"type": event, "data": data} to the browser tab that queued the running prompt
+    (ComfyUI's client_id; a prompt queued without one reaches no tab). Thread-safe."""
+    ps = _prompt_server()
+    if ps is not None:
+        sid = getattr(ps, "client_id", None)
+        if sid is not None:  # sid=None would broadcast to every open tab
+            ps.send_sync(event, data, sid)
+    elif _fallback_message_hook is not None:
+        _fallback_message_hook(event, data)
+
+
+# ------------------------------------------------------------------------------------------------- temp files
+
+TEMP_FOLDER = "temp"
+
+
+def temp_file(prefix: str, extension: str) -> tuple[str, dict]:
+    """A new file in ComfyUI's temp folder (shown by the UI, deleted at restart): (path, the ui entry
+    {"filename", "subfolder", "type": "temp"} that the frontend turns into a /view URL)."""
+    fp = _comfy_module("folder_paths")
+    if fp is not None:
+        folder = fp.get_temp_directory()
+    else:
+        folder = (_fallback_folders.get(TEMP_FOLDER) or [os.path.join(tempfile.gettempdir(), "voxcpm_temp")])[0]
+    os.makedirs(folder, exist_ok=True)
+    handle, path = tempfile.mkstemp(prefix=prefix, suffix=extension, dir=folder)
+    os.close(handle)
+    return path, {"filename": os.path.basename(path), "subfolder": "", "type": "temp"}
+
+
+# ------------------------------------------------------------------------------------------------- voice library
+
+VOICE_FOLDER = "voxcpm_voices"  # models/voxcpm/voices/<name>.safetensors
+VOICE_SUBDIR = os.path.join(MODEL_FOLDER, "voices")
+VOICE_EXTENSION = ".safetensors"
+
+
+def register_voice_folder() -> None:
+    """Add models/voxcpm/voices to ComfyUI's folder list (key "voxcpm_voices"), keeping extra_model_paths.yaml
+    entries; the first folder is where voices are saved."""
+    fp = _comfy_module("folder_paths")
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, VOICE_SUBDIR)
+    paths = list(fp.folder_names_and_paths.get(VOICE_FOLDER, ([], None))[0])
+    if default not in paths:
+        paths.append(default)
+    fp.folder_names_and_paths[VOICE_FOLDER] = (paths, {VOICE_EXTENSION})
+
+
+def voice_folders() -> list[str]:
+    return folder_paths_for(VOICE_FOLDER)
+
+
+def voice_files() -> list[str]:
+    """Saved voices, as names without the extension ("narrator", "team/alice"), sorted."""
+    fp = _comfy_module("folder_paths")
+    if fp is not None and VOICE_FOLDER in fp.folder_names_and_paths:
+        names = fp.get_filename_list(VOICE_FOLDER)
+    else:
+        names = []
+        for root in voice_folders():
+            for dirpath, _, files in os.walk(root):
+                names += [os.path.relpath(os.path.join(dirpath, f), root) for f in files]
+    return sorted({n.replace(os.sep, "/")[: -len(VOICE_EXTENSION)] for n in names
+                   if n.lower().endswith(VOICE_EXTENSION) and not os.path.basename(n).startswith(".")})
+
+
+def voice_path(name: str) -> str | None:
+    """The file of a listed voice name, or None."""
+    for root in voice_folders():
+        path = os.path.join(root, *name.split("/")) + VOICE_EXTENSION
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def voice_save_folder() -> str:
+    folders = voice_folders()
+    if not folders:
+        raise FileNotFoundError("no voices folder is configured (models/voxcpm/voices)")
+    return folders[0]
+
+
+# ------------------------------------------------------------------------------------------------- output files
+
+OUTPUT_FOLDER = "output"
+
+
+def output_file(filename_prefix: str, extension: str) -> tuple[str, dict]:
+    """A new numbered file in ComfyUI's output folder, like SaveAudio names them (<prefix>_00001_<ext>); the
+    prefix may hold sub-folders but cannot leave the output folder. Returns (path, ui entry).
+
+    The number counts only files with this extension, so subtitles saved with the same prefix as the audio get the
+    audio file's number (VoxCPM_00003_.flac and VoxCPM_00003_.srt)."""
+    fp = _comfy_module("folder_paths")
+    if fp is not None:
+        folder = fp.get_output_directory()
+        full, name, counter, subfolder, _ = fp.get_save_image_path(filename_prefix, folder)
+    else:
+        folder = os.path.abspath((_fallback_folders.get(OUTPUT_FOLDER) or
+                                  [os.path.join(tempfile.gettempdir(), "voxcpm_output")])[0])
+        subfolder = os.path.dirname(os.path.normpath(filename_prefix))
+        name = os.path.basename(os.path.normpath(filename_prefix))
+        full = os.path.join(folder, subfolder)
+        if os.path.commonpath((folder, os.path.abspath(full))) != folder:
+            raise ValueError(f"filename_prefix {filename_prefix!r} points outside the output folder")
+        os.makedirs(full, exist_ok=True)
+    os.makedirs(full, exist_ok=True)
+    numbered = re.compile(re.escape(name) + r"_(\d{5,})_" + re.escape(extension) + "$")
+    counter = 1 + max((int(m.group(1)) for m in map(numbered.match, os.listdir(full)) if m), default=0)
+    while True:
+        filename = f"{name}_{counter:05}_{extension}"
+        path = os.path.join(full, filename)
+        if not os.path.exists(path):
+            break
+        counter += 1
+    return path, {"filename": filename, "subfolder": subfolder, "type": "output"}

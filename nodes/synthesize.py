@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from ..voxcpm_engine import Engine, GenerationOptions
 from ..voxcpm_engine.engine import clean_text
+from ..voxcpm_engine.longform import JoinOptions, Longform, LongformResult, freeze_voice
+from ..voxcpm_engine.subtitles import Cue, render
+from ..voxcpm_engine.text_split import split_text
 from . import audio as audio_io
 from . import comfy
 from .loader import CATEGORY, VoxCPMModel
@@ -138,15 +141,75 @@ def run(request: Request):
     return engine.generate(request.text, request.voice, request.options, seed=request.seed, on_patch=on_patch)
 
 
+def run_stream(request: Request, on_start=None):
+    """The streaming counterpart of `run`: yield one float32 CPU chunk per generated patch, with the same
+    progress bar and Cancel (raised right after the chunk of the step it was pressed in). on_start(budget) is
+    called once the request is checked, before the first step."""
+    engine = request.model.activate()
+    budget = patch_budget(request)
+    if on_start is not None:
+        on_start(budget)
+    on_patch = progress_callback(budget)
+    yield from engine.stream(request.text, request.voice, request.options, seed=request.seed, on_patch=on_patch)
+
+
+# ------------------------------------------------------------------------------------------------- long text
+
+def longform_texts(text: str, normalize: bool = False, long_text: bool = True, max_chars: int = 0) -> list[str]:
+    """The chunks a long-form run speaks: the (normalized) text split at sentence boundaries, max_chars per chunk
+    (0 = automatic: about 200 Latin / 80 CJK characters). One element when the text fits in one chunk or
+    long_text is off: then `run` is used unchanged."""
+    plain = normalize_text(text) if normalize else text
+    plain = plain.strip()
+    if not long_text:
+        return [plain]
+    return split_text(plain, int(max_chars)) or [plain]
+
+
+def run_longform(request: Request, texts: list[str], style: str = "", join: JoinOptions = JoinOptions(),
+                 freeze: str = "continuation") -> Longform:
+    """A Longform over the request's model, voice, options and seed (style = the description without brackets),
+    with one progress bar over all chunks and Cancel after any patch. Iterate it for (chunk, samples, raw) as
+    each chunk is done, or call .run() for the joined LongformResult."""
+    engine = request.model.activate()
+    bar_state = {}
+
+    def on_patch(index: int, done: int, budget: int) -> None:
+        bar = bar_state["bar"]
+        offsets, budgets = bar_state["offsets"], bar_state["budgets"]
+        bar.update(offsets[index] + min(done, budgets[index]))
+        comfy.check_interrupt()
+
+    longform = Longform(engine, texts, request.voice, request.options, request.seed, style, join, freeze,
+                        on_patch=on_patch)
+    budgets = longform.patch_budgets()
+    offsets = [sum(budgets[:k]) for k in range(len(budgets))]
+    bar_state.update(bar=comfy.Progress(sum(budgets)), offsets=offsets, budgets=budgets)
+    bar_state["bar"].update(0)
+    return longform
+
+
+def frozen_voice_output(model: VoxCPMModel, voice, waveform, sample_rate: int) -> VoxCPMVoice:
+    """A VOXCPM_VOICE for a voice frozen from generated audio (its preview and hash are that audio)."""
+    seconds = waveform.shape[-1] / sample_rate
+    wav = waveform.detach().reshape(-1).float()
+    return VoxCPMVoice(voice, voice.mode, model.name, seconds, audio_io.audio_hash(wav[None], sample_rate),
+                       (wav.clone(), sample_rate))
+
+
 # ------------------------------------------------------------------------------------------------- node
 
 class VoxCPMSynthesize:
     DESCRIPTION = ("Speak the text with VoxCPM. Without a voice the model invents one (VoxCPM2: describe it in "
                    "style); with a voice from VoxCPM Prompt Audio it clones that voice.")
-    RETURN_TYPES = ("AUDIO", "INT")
-    RETURN_NAMES = ("audio", "seed")
+    RETURN_TYPES = ("AUDIO", "INT", "STRING", "VOXCPM_VOICE")
+    RETURN_NAMES = ("audio", "seed", "subtitles", "voice")
     OUTPUT_TOOLTIPS = ("The speech, mono, at the model's sample rate (16 / 44.1 / 48 kHz).",
-                       "The seed that produced it.")
+                       "The seed that produced it (long text: each chunk's seed is derived from it and the "
+                       "chunk's text).",
+                       "Subtitles (SRT or WebVTT text), one cue per chunk with its exact start and end.",
+                       "The voice used: the connected one, or (no voice connected) the invented voice frozen from "
+                       "the first chunk; connect VoxCPM Save Voice to keep a designed voice.")
     FUNCTION = "synthesize"
     CATEGORY = CATEGORY
 
@@ -181,6 +244,20 @@ class VoxCPMSynthesize:
             },
             "optional": {
                 "voice": ("VOXCPM_VOICE", {"tooltip": "A voice from VoxCPM Prompt Audio (optional)."}),
+                "long_text": ("BOOLEAN", {"default": True, "tooltip": (
+                    "Text longer than max_chars is split at sentence boundaries and spoken chunk by chunk, every "
+                    "chunk from the same voice (without a voice: the first chunk's voice is kept for the rest). "
+                    "Avoids the drift, speed-up and buzz of one long pass. Off: one pass, as before.")}),
+                "max_chars": ("INT", {"default": 0, "min": 0, "max": 2000, "tooltip": (
+                    "Characters per chunk at most (0 = automatic: about 200 for English, 80 for Chinese). "
+                    "Chunks never end inside a word, number, abbreviation, quote or bracket when avoidable.")}),
+                "pause_ms": ("INT", {"default": 250, "min": 0, "max": 5000, "step": 10, "tooltip": (
+                    "Silence inserted between chunks, exact to the sample.")}),
+                "crossfade_ms": ("INT", {"default": 10, "min": 0, "max": 200, "tooltip": (
+                    "Short fades at chunk edges next to a pause; with pause 0 the chunks overlap by this much "
+                    "instead (crossfade).")}),
+                "subtitle_format": (["srt", "vtt"], {"default": "srt", "tooltip": (
+                    "Format of the subtitles output: SRT or WebVTT.")}),
             },
         }
 
@@ -191,8 +268,22 @@ class VoxCPMSynthesize:
         return True
 
     def synthesize(self, model, text, style="", cfg=2.0, steps=10, seed=0, normalize=False, max_seconds=0.0,
-                   retry_badcase=True, retry_max_times=3, retry_ratio=6.0, voice=None):
+                   retry_badcase=True, retry_max_times=3, retry_ratio=6.0, voice=None, long_text=True, max_chars=0,
+                   pause_ms=250, crossfade_ms=10, subtitle_format="srt"):
         request = build_request(model, text, voice, style, normalize, cfg, steps, max_seconds, retry_badcase,
                                 retry_max_times, retry_ratio, seed)
-        result = run(request)
-        return (audio_io.to_audio(result.waveform, request.model.sample_rate), request.seed)
+        rate = request.model.sample_rate
+        texts = longform_texts(text, normalize, long_text, max_chars)
+        if len(texts) > 1:
+            join = JoinOptions(float(pause_ms), float(crossfade_ms))
+            result: LongformResult = run_longform(request, texts, style_prefix(style), join).run()
+            waveform, cues = result.waveform, result.cues()
+            frozen = (result.voice, result.chunk_waveforms[0]) if result.frozen else None
+        else:
+            single = run(request)
+            waveform = single.waveform
+            cues = [Cue(0.0, waveform.shape[0] / rate, texts[0])]
+            frozen = None if request.voice is not None else \
+                (freeze_voice(request.model.engine, single, texts[0]), single.waveform)
+        out_voice = voice if frozen is None else frozen_voice_output(request.model, frozen[0], frozen[1], rate)
+        return (audio_io.to_audio(waveform, rate), request.seed, render(cues, subtitle_format), out_voice)

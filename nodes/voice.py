@@ -8,6 +8,7 @@ Encoded latents are cached by (model, audio hash, transcript, trim), so the same
 """
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 from ..voxcpm_engine import Voice
@@ -17,13 +18,17 @@ from .loader import CATEGORY, VoxCPMModel
 RECOMMENDED = "5-30 s"
 MIN_SECONDS = 0.5
 MAX_CACHED_VOICES = 64
+PREVIEW_SECONDS = 10.0  # of the source clip, kept with the voice for the voice library
 
 
 class VoxCPMVoice:
     """The VOXCPM_VOICE value: an encoded engine Voice plus what it was made from (short repr for the UI)."""
 
-    def __init__(self, voice: Voice, mode: str, model_name: str, seconds: float):
+    def __init__(self, voice: Voice, mode: str, model_name: str, seconds: float, source_hash: str = "",
+                 preview: tuple | None = None, name: str = ""):
         self.voice, self.mode, self.model_name, self.seconds = voice, mode, model_name, seconds
+        # for the voice library: a hash of the source audio and a short clip of it ([T] waveform, sample rate)
+        self.source_hash, self.preview, self.name = source_hash, preview, name
 
     def __repr__(self) -> str:
         return f"VoxCPMVoice({self.mode}, {self.seconds:.1f} s, {self.voice.num_patches} patches, {self.model_name})"
@@ -152,6 +157,10 @@ class VoxCPMPromptAudio:
             reference_audio=reference[0] if reference else None,
             reference_sample_rate=reference[1] if reference else None)
         seconds = sum(c[2] for c in clips.values())
-        result = VoxCPMVoice(voice, voice.mode, model.name, seconds)
+        first = next(iter(clips.values()))
+        preview = (first[0].mean(dim=0)[: int(PREVIEW_SECONDS * first[1])].clone(), first[1])
+        source_hash = audio_io.audio_hash(*first[:2]) if len(clips) == 1 else \
+            hashlib.sha256("".join(h for _, h in hashes).encode()).hexdigest()
+        result = VoxCPMVoice(voice, voice.mode, model.name, seconds, source_hash, preview)
         VOICE_CACHE.put(key, result)
         return (result,)

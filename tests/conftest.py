@@ -31,6 +31,34 @@ def tiny_v2(tiny_root) -> Path:
     return tiny.build_tiny_checkpoint(tiny_root / "v2", "v2")
 
 
+
+def _aux_model(module: str, build: str, folder: Path) -> Path:
+    """A tiny front-end model; skipped where the optional package is missing, unless VOXCPM_REQUIRE_FRONTENDS=1
+    (CI sets it, so the real loading code can never be skipped silently there)."""
+    import importlib
+    import os
+
+    if os.environ.get("VOXCPM_REQUIRE_FRONTENDS") != "1":
+        pytest.importorskip(module)
+    else:
+        importlib.import_module(module)
+    import aux_models
+
+    return getattr(aux_models, build)(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_sensevoice(tiny_root) -> Path:
+    """A tiny random SenseVoice Small in the official layout (folder named like the official one)."""
+    return _aux_model("funasr", "build_tiny_sensevoice", tiny_root / "sensevoice" / "SenseVoiceSmall")
+
+
+@pytest.fixture(scope="session")
+def tiny_zipenhancer(tiny_root) -> Path:
+    """A tiny random ZipEnhancer in the official layout (folder named like the official one)."""
+    return _aux_model("modelscope.pipelines", "build_tiny_zipenhancer",
+                      tiny_root / "zipenhancer" / "speech_zipenhancer_ans_multiloss_16k_base")
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_root) -> Path:
     """A folder with only the synthetic tokenizer files."""

@@ -62,28 +62,33 @@ def speak(model, text="hello world", voice=None, style="", seed=1, **kw):
     args = dict(cfg=2.0, steps=4, normalize=False, max_seconds=0.0, retry_badcase=False, retry_max_times=3,
                 retry_ratio=6.0)
     args.update(kw)
-    return N["VoxCPMSynthesize"]().synthesize(model, text, style=style, seed=seed, voice=voice, **args)
+    # (audio, seed); the outputs appended later (subtitles, voice) are tested in test_longform.py
+    return N["VoxCPMSynthesize"]().synthesize(model, text, style=style, seed=seed, voice=voice, **args)[:2]
 
 
 # ------------------------------------------------------------------------------------------------- registration
 
 def test_mappings_and_node_definitions():
-    assert set(N) == {"LoadVoxCPM", "VoxCPMPromptAudio", "VoxCPMSynthesize"}
-    assert pkg.NODE_DISPLAY_NAME_MAPPINGS == {"LoadVoxCPM": "Load VoxCPM", "VoxCPMPromptAudio": "VoxCPM Prompt Audio",
-                                              "VoxCPMSynthesize": "VoxCPM Synthesize"}
+    assert {"LoadVoxCPM", "VoxCPMPromptAudio", "VoxCPMSynthesize"} <= set(N)  # other modules add more nodes
+    assert set(pkg.NODE_DISPLAY_NAME_MAPPINGS) == set(N)
+    assert {"LoadVoxCPM": "Load VoxCPM", "VoxCPMPromptAudio": "VoxCPM Prompt Audio",
+            "VoxCPMSynthesize": "VoxCPM Synthesize"}.items() <= pkg.NODE_DISPLAY_NAME_MAPPINGS.items()
     assert pkg.WEB_DIRECTORY == "./web/js"
     for cls in N.values():
         assert cls.CATEGORY == "audio/VoxCPM"
         spec = cls.INPUT_TYPES()
         names = [n for section in ("required", "optional") for n in spec.get(section, {})]
         params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
-        assert set(names) <= set(params), cls  # every input reaches the function
-        for section in spec.values():
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert takes_any or set(names) <= set(params), cls  # every input reaches the function
+        for section_name, section in spec.items():
+            if section_name == "hidden":  # e.g. {"unique_id": "UNIQUE_ID"}: plain strings
+                continue
             for name, entry in section.items():
                 assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, name
                 assert isinstance(entry[0], (str, list)), name
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
-    assert N["VoxCPMSynthesize"].RETURN_TYPES == ("AUDIO", "INT")
+    assert N["VoxCPMSynthesize"].RETURN_TYPES[:2] == ("AUDIO", "INT")  # later outputs are appended after these
     seed = N["VoxCPMSynthesize"].INPUT_TYPES()["required"]["seed"][1]
     assert seed["control_after_generate"] is True and seed["max"] == 2 ** 64 - 1
     defaults = N["VoxCPMSynthesize"].INPUT_TYPES()["required"]
@@ -156,7 +161,8 @@ def test_official_model_is_downloaded_into_the_models_folder(models, tmp_path, m
             return real(repo_id, target, source=source, progress=progress)
 
         monkeypatch.setattr(loader.checkpoint, "download", record)
-        with pytest.raises(DownloadError, match="modelscope"):  # not installed here: a clear message, no crash
+        monkeypatch.setitem(sys.modules, "modelscope", None)  # as if not installed (and never touch the network)
+        with pytest.raises(DownloadError, match="modelscope"):  # not installed: a clear message, no crash
             load("VoxCPM1.5", source="modelscope")
         assert calls == [("openbmb/VoxCPM1.5", tmp_path / "VoxCPM1.5", "modelscope")]
     finally:
@@ -456,7 +462,8 @@ def test_error_leaves_model_usable(models):
     model = load("v2")
     expected, _ = speak(model, "hello world", seed=2)
     with pytest.raises(ValueError):
-        speak(model, "hello world " * 200, seed=2)  # too long for the tiny model's 256 positions
+        # too long for the tiny model's 256 positions in one pass (long_text would split it)
+        speak(model, "hello world " * 200, seed=2, long_text=False)
     with pytest.raises(ValueError):
         speak(model, "hello world", seed=2, steps=0)
     again, _ = speak(model, "hello world", seed=2)
