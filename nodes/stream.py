@@ -14,13 +14,15 @@ execution_interrupted / execution_error message instead.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import torch
 
 from . import audio as audio_io
 from . import comfy
-from .synthesize import VoxCPMSynthesize, build_request, run_stream
+from ..voxcpm_engine.longform import JoinOptions
+from .synthesize import VoxCPMSynthesize, build_request, longform_texts, run_longform, run_stream, style_prefix
 
 START_EVENT = "voxcpm.stream_start"
 CHUNK_EVENT = "voxcpm.chunk"
@@ -81,7 +83,7 @@ class VoxCPMStreamPreview:
         sender = ChunkSender(unique_id, comfy.current_prompt_id(), request.model.sample_rate)
         chunks = []
         started = time.perf_counter()
-        for chunk in run_stream(request, on_start=lambda budget: sender.start(budget, engine.config.samples_per_patch)):
+        for chunk in self._chunks(request, text, inputs, sender):
             sender.chunk(chunk)
             chunks.append(chunk)
         sender.chunk(torch.zeros(0), final=True)
@@ -93,3 +95,20 @@ class VoxCPMStreamPreview:
         audio_io.write_flac(path, waveform, request.model.sample_rate)
         return {"ui": {"audio": [entry]},
                 "result": (audio_io.to_audio(waveform, request.model.sample_rate), request.seed)}
+
+    @staticmethod
+    def _chunks(request, text: str, inputs: dict, sender: ChunkSender):
+        """One chunk per patch; a text longer than one long-text chunk (Synthesize's defaults) is spoken chunk
+        after chunk instead, each sent when done, giving exactly Synthesize's long-text audio."""
+        engine = request.model.engine
+        texts = longform_texts(text, bool(inputs.get("normalize", False)))
+        if len(texts) == 1:
+            yield from run_stream(request, on_start=lambda budget: sender.start(budget,
+                                                                               engine.config.samples_per_patch))
+            return
+        sender.start(len(texts), 0)
+        whole_chunks = dataclasses.replace(request.options, retry_badcase=bool(inputs.get("retry_badcase", True)))
+        longform = run_longform(dataclasses.replace(request, options=whole_chunks), texts,
+                                style_prefix(inputs.get("style", "")), JoinOptions())
+        for _, piece, _ in longform:
+            yield piece

@@ -145,8 +145,8 @@ def test_bad_inputs_fail_before_any_message(models, messages):
     model = load("v2")
     with pytest.raises(ValueError, match="inference_timesteps"):
         stream(model, steps=0)
-    with pytest.raises(ValueError, match="positions"):
-        stream(model, "hello world " * 200)  # longer than the tiny model's context
+    with pytest.raises(ValueError, match="needs a VoxCPM2 model"):
+        stream(load("v1"), style="a calm voice")  # VoxCPM-0.5B/1.5 would read the description aloud
     assert messages == []
 
 
@@ -212,3 +212,18 @@ def test_cancel_after_chunk_k_then_the_model_still_works(models, messages, kind)
     again, _ = stream(model, "hello world", seed=21)["result"]
     assert torch.equal(again["waveform"], expected["waveform"])  # the model is intact
     assert messages[-1][1]["final"] is True
+
+
+def test_long_text_streams_chunk_after_chunk_and_equals_synthesize(models, messages):
+    """Text longer than one long-text chunk: one message per text chunk, in order, and the whole equals
+    Synthesize's long-text output (same chunks, seeds, voice freezing and joins)."""
+    model = load("v2")
+    text = "hello world. the quick brown fox. this is a test. hello again world. " * 12
+    assert len(stream_mod.longform_texts(text)) > 1
+    audio = stream(model, text, seed=5)["result"][0]
+    chunks = [d for e, d in messages if e == stream_mod.CHUNK_EVENT]
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))
+    assert chunks[-1]["final"] and len(chunks) - 1 == len(stream_mod.longform_texts(text))
+    np.testing.assert_array_equal(decode_pcm(chunks[:-1]), expected_pcm(audio["waveform"].reshape(-1)))
+    expected = synthesize(model, text, seed=5)
+    torch.testing.assert_close(audio["waveform"], expected["waveform"], rtol=0, atol=0)
