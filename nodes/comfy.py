@@ -51,17 +51,7 @@ def set_fallback_folders(name: str, paths: list[str]) -> None:
 
 def register_model_folder() -> None:
     """Add models/voxcpm to ComfyUI's folder list, keeping entries that extra_model_paths.yaml already made."""
-    fp = _comfy_module("folder_paths")
-    if fp is None:
-        return
-    default = os.path.join(fp.models_dir, MODEL_FOLDER)
-    if MODEL_FOLDER in fp.folder_names_and_paths:
-        paths, extensions = fp.folder_names_and_paths[MODEL_FOLDER]
-        if default not in paths:
-            paths.append(default)
-        fp.folder_names_and_paths[MODEL_FOLDER] = (paths, extensions)
-    else:
-        fp.folder_names_and_paths[MODEL_FOLDER] = ([default], {".json", ".safetensors", ".bin", ".pth"})
+    register_extra_model_folder(MODEL_FOLDER, {".json", ".safetensors", ".bin", ".pth"})
 
 
 def register_extra_model_folder(name: str, extensions: set[str] | None = None) -> None:
