@@ -149,12 +149,12 @@ class SafetensorsFile(Mapping):
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        data = torch.empty(end - begin, dtype=torch.uint8)
         with open(self.path, "rb") as f:
             f.seek(self.data_start + begin)
-            data = bytearray(f.read(end - begin))
-        if not data:
-            return torch.empty(entry["shape"], dtype=dtype)
-        return torch.frombuffer(data, dtype=dtype).reshape(entry["shape"])
+            if f.readinto(data.numpy()) != end - begin:  # straight into the tensor: one copy from the page cache
+                raise CheckpointError(f"{self.path}: tensor {key!r} is cut short (truncated file?)")
+        return data.view(dtype).reshape(entry["shape"])
 
     def __iter__(self):
         return iter(self.entries)
