@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import pickle
 import re
@@ -118,11 +119,11 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 
 class SafetensorsFile(Mapping):
-    """The tensors of a .safetensors file, each read on access with plain file reads.
+    """The tensors of a .safetensors file as zero-copy views of a private (copy-on-write) memory map.
 
-    Not memory-mapped on purpose: a loader that casts and assigns tensor by tensor then holds one file tensor at a
-    time, so loading a bf16 model from an fp32 file never needs the whole fp32 file in memory (mapped pages would
-    count in the process's resident memory until it exits the load)."""
+    A tensor the loader keeps in the file's dtype is never copied: the mapped pages are the model's memory. When the
+    loader casts a tensor (an fp32 file for a bf16 model), `release(key)` drops its mapped pages right away, so the
+    whole fp32 file is never resident next to the bf16 model."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -132,6 +133,7 @@ class SafetensorsFile(Mapping):
             if header_len > size - 8:
                 raise ValueError(f"header of {header_len} bytes does not fit in a {size}-byte file")
             header = json.loads(f.read(header_len))
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start, self.entries = 8 + header_len, header
         for key, entry in header.items():
@@ -149,12 +151,21 @@ class SafetensorsFile(Mapping):
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
         dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
-        data = torch.empty(end - begin, dtype=torch.uint8)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            if f.readinto(data.numpy()) != end - begin:  # straight into the tensor: one copy from the page cache
-                raise CheckpointError(f"{self.path}: tensor {key!r} is cut short (truncated file?)")
+        if end == begin:
+            return torch.empty(entry["shape"], dtype=dtype)
+        data = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self.data_start + begin)
         return data.view(dtype).reshape(entry["shape"])
+
+    def release(self, key: str) -> None:
+        """Drop the mapped pages lying wholly inside this tensor's bytes (after the loader copied it)."""
+        begin, end = self.entries[key]["data_offsets"]
+        first = -(-(self.data_start + begin) // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = (self.data_start + end) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def __contains__(self, key) -> bool:  # Mapping's default would read the tensor
+        return key in self.entries
 
     def __iter__(self):
         return iter(self.entries)
@@ -240,9 +251,11 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
                               + ". Check that the weights and config.json come from the same model (re-download "
                               "the folder if in doubt).")
     for key, current in module.state_dict(keep_vars=True).items():
-        tensor = state_dict[key]
+        tensor = source = state_dict[key]
         if tensor.is_floating_point():
             tensor = tensor.to(dtype or current.dtype)
+        if tensor is not source and hasattr(state_dict, "release"):
+            state_dict.release(key)  # the file's copy is no longer needed
         owner, name = _owner(module, key)
         if name in owner._parameters:
             owner._parameters[name] = nn.Parameter(tensor, requires_grad=current.requires_grad)
