@@ -1,5 +1,6 @@
 """ComfyUI nodes (V1 API) over voxcpm_engine; ComfyUI itself is reached only through nodes/comfy.py."""
 from .asr import VoxCPMASRTranscribe
+from .batch import VoxCPMBatchSynthesize
 from .denoise import VoxCPMDenoise
 from .dialogue import VoxCPMDialogue
 from .library import VoxCPMLoadVoice, VoxCPMSaveVoice
@@ -13,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "LoadVoxCPM": LoadVoxCPM,
     "VoxCPMPromptAudio": VoxCPMPromptAudio,
     "VoxCPMSynthesize": VoxCPMSynthesize,
+    "VoxCPMBatchSynthesize": VoxCPMBatchSynthesize,
     "VoxCPMDenoise": VoxCPMDenoise,
     "VoxCPMASRTranscribe": VoxCPMASRTranscribe,
     "VoxCPMSaveVoice": VoxCPMSaveVoice,
@@ -25,6 +27,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadVoxCPM": "Load VoxCPM",
     "VoxCPMPromptAudio": "VoxCPM Prompt Audio",
     "VoxCPMSynthesize": "VoxCPM Synthesize",
+    "VoxCPMBatchSynthesize": "VoxCPM Batch Synthesize",
     "VoxCPMDenoise": "VoxCPM Denoise",
     "VoxCPMASRTranscribe": "VoxCPM ASR Transcribe",
     "VoxCPMSaveVoice": "VoxCPM Save Voice",

@@ -572,3 +572,28 @@ def test_bad_lora_is_refused_and_model_stays_clean(loras):
         load("v2", lora="voxcpm/broken/lora_weights.safetensors")
     assert base.engine.lora is None
     assert torch.equal(speak(base, seed=6)[0]["waveform"], expected["waveform"])
+
+
+# ------------------------------------------------------------------------------------------------- batch
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_batch_synthesize_gives_each_line_its_single_run_audio(models, progress, kind):
+    model = load(kind)
+    voice = encode(model, clip(SECONDS[kind]), "你好") if kind == "v1" else None
+    lines = ["hello world", "你好世界", "the quick brown fox"]
+    clips, seeds = N["VoxCPMBatchSynthesize"]().synthesize(
+        model, "\n".join(lines) + "\n\n", seed=40, steps=4, retry_badcase=False, batch_size=2, voice=voice)
+    assert seeds == [40, 41, 42] and len(clips) == 3
+    assert progress and progress[-1][0] == progress[-1][1]  # the bar ends full
+    for line, seed, got in zip(lines, seeds, clips):
+        alone = speak(model, line, voice=voice, seed=seed, steps=4)[0]
+        assert got["sample_rate"] == RATES[kind] and got["waveform"].shape == alone["waveform"].shape
+        torch.testing.assert_close(got["waveform"], alone["waveform"], rtol=0, atol=1e-5)
+
+
+def test_batch_synthesize_errors(models):
+    model = load("v2")
+    with pytest.raises(ValueError, match="texts is empty"):
+        N["VoxCPMBatchSynthesize"]().synthesize(model, " \n \n")
+    assert N["VoxCPMBatchSynthesize"].VALIDATE_INPUTS(texts="  ") == "texts is empty: write one text per line"
+    assert N["VoxCPMBatchSynthesize"].OUTPUT_IS_LIST == (True, True)
