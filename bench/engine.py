@@ -188,6 +188,38 @@ def ttfc_reference(tts, text: str) -> float:
     return elapsed
 
 
+def bandwidth_gbs(device: str) -> float:
+    """Memory bandwidth as a large fp32 matrix-vector product streams it (the decode step's access pattern)."""
+    matrix = torch.randn(8192, 16384, device=device)  # 512 MB
+    vector = torch.randn(16384, 1, device=device)
+    for _ in range(2):
+        matrix @ vector
+    runs = []
+    for _ in range(5):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        matrix @ vector
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        runs.append(time.perf_counter() - t0)
+    return matrix.numel() * 4 / min(runs) / 1e9
+
+
+def weight_bytes_per_patch(engine, n_timesteps: int = 10) -> int:
+    """Bytes of weights one decode step reads: each LM layer once, LocEnc once, the DiT once per guided Euler
+    step, plus the small projections (embeddings are not read by a step)."""
+    m = engine.model
+
+    def size(module) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    dit_calls = n_timesteps - max(1, int((n_timesteps + 1) * 0.04))
+    lms = size(m.base_lm) - size(m.base_lm.embed_tokens) + size(m.residual_lm)
+    rest = size(m) - size(m.base_lm) - size(m.residual_lm) - size(m.feat_encoder) - size(m.feat_decoder)
+    return lms + size(m.feat_encoder) + dit_calls * size(m.feat_decoder) + rest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="VoxCPM-0.5B", choices=["VoxCPM-0.5B", "VoxCPM1.5", "VoxCPM2"])
@@ -229,6 +261,9 @@ def main() -> None:
         if args.device.startswith("cuda"):
             print(f"load VRAM (MB)         {o['vram_mb']:8.0f}   {r['vram_mb']:8.0f}   {o['vram_mb'] / r['vram_mb']:.2f}")
         print(f"time per patch (ms)    {1000 * op:8.1f}   {1000 * rp:8.1f}   {op / rp:.2f}")
+        bound = weight_bytes_per_patch(o["tts"].engine) / (bandwidth_gbs(args.device) * 1e9)
+        print(f"bandwidth bound (ms)   {1000 * bound:8.1f}              ours / bound {op / bound:.2f}   "
+              f"(weights read per patch / measured bandwidth)")
         print(f"first chunk (ms)       {1000 * o['ttfc_s']:8.1f}   {1000 * r['ttfc_s']:8.1f}   "
               f"{o['ttfc_s'] / r['ttfc_s']:.2f}   (ours: {o['ttfc_s'] / op:.2f} x one patch)")
         seconds_per_patch = o["tts"].engine.config.samples_per_patch / o["tts"].sample_rate
