@@ -28,6 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stream", action="store_true", help="generate chunk by chunk (streaming decode)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    p.add_argument("--low-vram", action="store_true", help="AudioVAE on the CPU, decoded in 10 s pieces")
     p.add_argument("--cache-dir", default=None, help="where hub downloads go")
     p.add_argument("--source", default="huggingface", choices=["huggingface", "modelscope"])
     args = p.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         tts = VoxCPM.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
-                                     source=args.source)
+                                     source=args.source, low_vram=args.low_vram)
         engine = tts.engine
         prompt = read_audio(args.prompt_audio, "--prompt-audio") if args.prompt_audio else (None, None)
         ref = read_audio(args.reference_audio, "--reference-audio") if args.reference_audio else (None, None)

@@ -17,8 +17,8 @@ class VoxCPM:
     """`from voxcpm_engine import VoxCPM` works where code was written for `from voxcpm import VoxCPM`."""
 
     def __init__(self, voxcpm_model_path: str | Path, device: str | None = None, dtype: str | None = None,
-                 **_ignored):
-        self.engine = Engine.load(voxcpm_model_path, device=device, dtype=dtype)
+                 low_vram: bool = False, **_ignored):
+        self.engine = Engine.load(voxcpm_model_path, device=device, dtype=dtype, low_vram=low_vram)
         self.last_seed: int | None = None
 
     @classmethod

@@ -85,6 +85,12 @@ class Engine:
         self.device, self.dtype, self.path = torch.device(device), dtype, path
         self._caches: dict[int, Caches] = {}
         self.steps = StepFactory(use_cuda_graphs=True)
+        self.decode_chunk_frames: int | None = None  # low-VRAM: decode long outputs this many frames at a time
+
+    @property
+    def vae_device(self) -> torch.device:
+        """Where the AudioVAE lives: the model's device, or the CPU in low-VRAM mode."""
+        return next(self.vae.parameters()).device
 
     def release_caches(self) -> None:
         """Free the KV caches and captured graphs (call after moving the weights; they are rebuilt on demand)."""
@@ -93,8 +99,12 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, folder: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None) -> "Engine":
-        """Load an official checkpoint folder strictly: built on the meta device, weights assigned, no random init."""
+    def load(cls, folder: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None,
+             low_vram: bool = False) -> "Engine":
+        """Load an official checkpoint folder strictly: built on the meta device, weights assigned, no random init.
+
+        low_vram: keep the AudioVAE on the CPU and decode in 10-second pieces (exactly the same audio: every VAE
+        layer is causal, so a stateful piecewise decode equals the whole decode)."""
         files = checkpoint.find_checkpoint_files(folder)
         config = load_config(files.config)
         device = resolve_device(device, config.device)
@@ -109,9 +119,12 @@ class Engine:
         for module in model.modules():  # derived tables (RoPE) are not in the files: compute them now
             if hasattr(module, "init_buffers"):
                 module.init_buffers(device, dtype)
-        model, vae = model.to(device).eval(), vae.to(device).eval()
+        model, vae = model.to(device).eval(), vae.to("cpu" if low_vram else device).eval()
         vae.fold_weight_norm()
-        return cls(config, model, vae, tokenizer, device, dtype, files.folder)
+        engine = cls(config, model, vae, tokenizer, device, dtype, files.folder)
+        if low_vram:
+            engine.decode_chunk_frames = 10 * config.audio_vae.sample_rate // config.audio_vae.hop_length
+        return engine
 
     # ------------------------------------------------------------------------------------------- LoRA
     _lora: LoraInfo | None = None
@@ -151,7 +164,7 @@ class Engine:
         wav = prepare_audio(wav, sample_rate, self.config.encode_sample_rate, min_samples=patch_samples, name=name)
         pad = -wav.shape[1] % patch_samples
         wav = torch.nn.functional.pad(wav, (pad, 0) if pad_left else (0, pad))
-        latents = self.vae.encode(wav.to(self.device)).float().cpu()  # [1, D, frames]
+        latents = self.vae.encode(wav.to(self.vae_device)).float().cpu()  # [1, D, frames]
         return latents.view(self.config.feat_dim, -1, self.config.patch_size).permute(1, 2, 0).contiguous()
 
     def make_voice(self, prompt_audio=None, prompt_sample_rate: int | None = None, prompt_text: str | None = None,
@@ -324,8 +337,11 @@ class Engine:
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """[1, N, P, D] patches -> [T] float32 CPU waveform."""
-        z = latents.float().flatten(1, 2).transpose(1, 2)  # [1, D, N*P]
-        return self.vae.decode(z.to(self.device)).reshape(-1).cpu()
+        z = latents.float().flatten(1, 2).transpose(1, 2).to(self.vae_device)  # [1, D, N*P]
+        if not self.decode_chunk_frames or z.shape[-1] <= self.decode_chunk_frames:
+            return self.vae.decode(z).reshape(-1).cpu()
+        decoder = self.vae.stream_decoder()
+        return torch.cat([decoder.decode(piece).reshape(-1).cpu() for piece in z.split(self.decode_chunk_frames, -1)])
 
     def _trim(self, seq: Sequence) -> int:
         """Samples of re-synthesised prompt context at the start of the decoded output."""
@@ -373,7 +389,7 @@ class Engine:
         if self.version == 2:
             decoder = self.vae.stream_decoder()
             for patch in self.patches(seq, options, generator, on_patch):
-                yield decoder.decode(patch.float().transpose(1, 2)).reshape(-1).cpu()
+                yield decoder.decode(patch.float().transpose(1, 2).to(self.vae_device)).reshape(-1).cpu()
             return
         window = list(seq.context[0].split(1))
         keep = self.config.samples_per_patch
