@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .api import VoxCPM
-from .audio import read_audio, write_wav
+from .audio import write_wav
 from .engine import GenerationOptions
 
 
@@ -61,10 +61,7 @@ def main(argv=None) -> int:
         tts = VoxCPM.from_pretrained(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
                                      source=args.source, low_vram=args.low_vram)
         engine = tts.engine
-        prompt = read_audio(args.prompt_audio, "--prompt-audio") if args.prompt_audio else (None, None)
-        ref = read_audio(args.reference_audio, "--reference-audio") if args.reference_audio else (None, None)
-        voice = (engine.make_voice(prompt[0], prompt[1], args.prompt_text, ref[0], ref[1])
-                 if args.prompt_audio or args.reference_audio else None)
+        voice = tts.make_voice(args.prompt_audio, args.prompt_text, args.reference_audio)
         options = GenerationOptions(args.cfg, args.steps, max_len=args.max_len,
                                     retry_badcase=not (args.no_retry or args.stream))
         progress = Progress()

@@ -55,19 +55,19 @@ class GraphStep(EagerStep):
         with torch.cuda.stream(side):  # warm-up: lets kernels pick algorithms and allocate workspaces
             for _ in range(2):
                 self._body()
-                self._restore(saved)
+                self._set_state(saved)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._body()
-        self._restore(saved)
+        self._set_state(saved)
 
     def _state_tensors(self):
         s = self.static
         return s.lm_hidden, s.residual_hidden, s.prev_patch, s.positions
 
-    def _restore(self, saved) -> None:
-        for dst, src in zip(self._state_tensors(), saved):
+    def _set_state(self, values) -> None:
+        for dst, src in zip(self._state_tensors(), values):
             dst.copy_(src)
 
     def _body(self) -> None:
@@ -76,13 +76,10 @@ class GraphStep(EagerStep):
         self.out_stop = self.model.stop_requested(self.static.lm_hidden)
         self.out_patch = patch
         nxt = self.model.advance(self.static, patch, self.caches)
-        for dst, src in zip(self._state_tensors(), (nxt.lm_hidden, nxt.residual_hidden, patch, nxt.positions)):
-            dst.copy_(src)
+        self._set_state((nxt.lm_hidden, nxt.residual_hidden, patch, nxt.positions))
 
     def start(self, state: DecodeState, max_position: int) -> None:
-        for dst, src in zip(self._state_tensors(), (state.lm_hidden, state.residual_hidden, state.prev_patch,
-                                                    state.positions)):
-            dst.copy_(src)
+        self._set_state((state.lm_hidden, state.residual_hidden, state.prev_patch, state.positions))
 
     def sample(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.noise.copy_(noise)
