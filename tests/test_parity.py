@@ -162,3 +162,34 @@ def test_bf16_parity(kind, tmp_path, reference_model):
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert_close(a, b)
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_bf16_parity_with_attention_window(kind, tmp_path, reference_model, patched_torchaudio_load):
+    """A static KV buffer far longer than the sequence: decoding attends over the filled prefix rounded up to whole
+    attention blocks (512 slots, then 1024 once a long prompt crosses a block) and stays bit-exact in bf16."""
+    import json
+
+    from tiny import build_tiny_checkpoint
+    from voxcpm_engine.decode_step import ATTENTION_BLOCK, EagerStep
+
+    folder = build_tiny_checkpoint(tmp_path / kind, kind, dtype="bfloat16")
+    config = json.loads((folder / "config.json").read_text())
+    config["max_length"] = config["lm_config"]["max_position_embeddings"] = 4 * ATTENTION_BLOCK
+    (folder / "config.json").write_text(json.dumps(config))
+    ours, ref = VoxCPM(folder, device="cpu"), reference_model(folder)
+    windows = []
+    original = EagerStep.advance
+    EagerStep.advance = lambda self, patch: (windows.append(self.limit), original(self, patch))[1]
+    try:
+        assert_close(ours.generate(TEXT, seed=SEED), run_reference(ref, SEED, text=TEXT))
+        assert set(windows) == {ATTENTION_BLOCK}
+        windows.clear()
+        rate = 16000
+        seconds = 1.2 * ATTENTION_BLOCK * ours.engine.config.samples_per_patch / ours.engine.sample_rate
+        clip = prompt_clip(tmp_path / "long.wav", rate, seconds)
+        kwargs = dict(text=TEXT, prompt_wav_path=clip, prompt_text="你好", retry_badcase=False)
+        assert_close(ours.generate(seed=SEED, **kwargs), run_reference(ref, SEED, **kwargs))
+        assert set(windows) == {2 * ATTENTION_BLOCK}
+    finally:
+        EagerStep.advance = original

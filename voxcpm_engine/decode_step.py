@@ -15,6 +15,8 @@ from .model import Caches, DecodeState, VoxCPMModel
 
 log = logging.getLogger("voxcpm_engine")
 
+ATTENTION_BLOCK = 512  # keys per block of the CPU flash-attention kernel
+
 
 class EagerStep:
     def __init__(self, model: VoxCPMModel, caches: Caches, n_timesteps: int, cfg_value: float):
@@ -23,11 +25,18 @@ class EagerStep:
         self.state: DecodeState | None = None
 
     def start(self, state: DecodeState, max_position: int) -> None:
-        """max_position: the largest of state.positions, known on the host. Batches attend over the filled KV
-        slots only (the empty tail of B static buffers is a lot to read); batch 1 reads the whole buffer like the
-        reference, which keeps its bf16 output bit-identical (a shorter softmax rounds differently)."""
+        """max_position: the largest of state.positions, known on the host (no sync)."""
         self.state = state
-        self.limit = max_position + 1 if state.positions.numel() > 1 else None
+        self.filled = max_position + 1  # KV slots [0, filled) are written after this step's advance
+
+    @property
+    def limit(self) -> int:
+        """KV slots attended: the filled prefix rounded up to whole attention blocks, not the static buffer.
+
+        The masked tail weighs exactly zero, and the CPU attention kernel walks the keys in blocks of 512: ending
+        the window on a block boundary keeps every sum in the same order as over the full buffer, so the output
+        is bit-identical to the reference's (a window ending mid-block rounds differently in bf16)."""
+        return min(-(-self.filled // ATTENTION_BLOCK) * ATTENTION_BLOCK, self.caches.base.max_length)
 
     def sample(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (patch [B,P,D], stop requested [B]) for the current state."""
@@ -36,8 +45,7 @@ class EagerStep:
 
     def advance(self, patch: torch.Tensor) -> None:
         self.state = self.model.advance(self.state, patch, self.caches, self.limit)
-        if self.limit is not None:
-            self.limit += 1
+        self.filled += 1
 
 
 class GraphStep(EagerStep):
