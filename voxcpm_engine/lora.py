@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
+from .layers.linear import Linear
 
 WEIGHT_FILES = ("lora_weights.safetensors", "lora_weights.ckpt", "lora_weights.pth")
 CONFIG_FILE = "lora_config.json"
@@ -68,27 +69,29 @@ class LoraAdapter:
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-class LoraLinear(nn.Linear):
-    """nn.Linear plus a low-rank path; `weight` and `bias` are the base layer's own Parameters (never copied)."""
+class LoraLinear(Linear):
+    """Linear plus a low-rank path; `weight` and `bias` are the base layer's own Parameters (never copied)."""
 
     def __init__(self, base: nn.Linear, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight, self.bias = base.weight, base.bias
+        self.pack_small_batches = getattr(base, "pack_small_batches", False)
         self.register_buffer("lora_A", lora_A, persistent=False)  # not in state_dict: the checkpoint keys stay
         self.register_buffer("lora_B", lora_B, persistent=False)
         self.scaling = scaling
         self.train(base.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = super().forward(x)
         if self.scaling == 0.0:
             return out
         return out + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
 
-    def base_linear(self) -> nn.Linear:
-        """A plain nn.Linear over the same weight/bias Parameters."""
-        plain = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+    def base_linear(self) -> Linear:
+        """A plain Linear over the same weight/bias Parameters."""
+        plain = Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         plain.weight, plain.bias = self.weight, self.bias
+        plain.pack_small_batches = self.pack_small_batches
         return plain.train(self.training)
 
     def extra_repr(self) -> str:

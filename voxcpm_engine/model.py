@@ -18,6 +18,7 @@ from torch import nn
 from .config import ModelConfig
 from .layers.cfm import FlowMatching
 from .layers.fsq import ScalarQuantizer
+from .layers.linear import pack_small_batches
 from .layers.locenc import LocEnc
 from .layers.minicpm import KVCache, MiniCPMStack
 
@@ -60,6 +61,9 @@ class VoxCPMModel(nn.Module):
             self.fusion_concat_proj = nn.Linear(2 * hidden, hidden)
         self.stop_proj = nn.Linear(hidden, hidden)
         self.stop_head = nn.Linear(hidden, 2, bias=False)
+        # the local transformers run a few rows at a time: packed-weight products on CPU (see layers/linear.py)
+        pack_small_batches(self.feat_encoder)
+        pack_small_batches(self.feat_decoder)
 
     # ----------------------------------------------------------------------------------- building blocks
     def embed_patches(self, feat: torch.Tensor) -> torch.Tensor:

@@ -46,11 +46,18 @@ class LocDiT(nn.Module):
     def forward(self, x: torch.Tensor, mu: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                 dt: torch.Tensor) -> torch.Tensor:
         """x [N,D,P], mu [N,H] (v1) / [N,2H] (v2), t [N], cond [N,D,P'], dt [N] -> velocity [N,D,P]."""
+        return self.velocity(x, mu, self.time_embedding(t, dt, x.dtype), cond)
+
+    def time_embedding(self, t: torch.Tensor, dt: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """t [N], dt [N] -> [N,H]: depends on the time alone, so the sampler can compute it once per schedule."""
+        time = self.time_mlp(sinusoidal_embedding(t, self.hidden).to(dtype))
+        return time + self.delta_time_mlp(sinusoidal_embedding(dt, self.hidden).to(dtype))
+
+    def velocity(self, x: torch.Tensor, mu: torch.Tensor, time: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """forward() with the time embedding [N,H] given."""
         N, _, P = x.shape
         x = self.in_proj(x.transpose(1, 2).contiguous())
         cond = self.cond_proj(cond.transpose(1, 2).contiguous())
-        time = self.time_mlp(sinusoidal_embedding(t, self.hidden).to(x.dtype))
-        time = time + self.delta_time_mlp(sinusoidal_embedding(dt, self.hidden).to(x.dtype))
         if self.mu_as_tokens:
             prefix = torch.cat([mu.view(N, -1, self.hidden), time.unsqueeze(1)], dim=1)
         else:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import StackConfig
+from .linear import Linear
 
 
 class RMSNorm(nn.Module):
@@ -102,10 +103,10 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = nn.Linear(cfg.hidden_size, q_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden_size, kv_dim, bias=False)
-        self.o_proj = nn.Linear(q_dim, cfg.hidden_size, bias=False)
+        self.q_proj = Linear(cfg.hidden_size, q_dim, bias=False)
+        self.k_proj = Linear(cfg.hidden_size, kv_dim, bias=False)
+        self.v_proj = Linear(cfg.hidden_size, kv_dim, bias=False)
+        self.o_proj = Linear(q_dim, cfg.hidden_size, bias=False)
 
     def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
         """x [B,T,H] -> q [B,Hq,T,hd], k/v [B,Hkv,T,hd] with q/k rotated."""
@@ -127,9 +128,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: StackConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
