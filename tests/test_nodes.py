@@ -43,8 +43,8 @@ def progress():
     comfy.request_interrupt(False)
 
 
-def load(name, device="cpu", dtype="auto", lora="none", strength=1.0, source="huggingface"):
-    return N["LoadVoxCPM"]().load(name, device, dtype, source, lora, strength)[0]
+def load(name, device="cpu", dtype="auto", lora="none", strength=1.0, source="huggingface", low_vram=False):
+    return N["LoadVoxCPM"]().load(name, device, dtype, source, lora, strength, low_vram=low_vram)[0]
 
 
 def clip(seconds=0.5, rate=22050, channels=2, seed=0, scale=0.3):
@@ -143,6 +143,30 @@ def test_model_memory_size(models):
     assert loader.model_bytes(engine) >= weights + kv
     assert model.base.managed.size == loader.model_bytes(engine)
     assert model.base.managed.is_loaded()  # outside ComfyUI the model is simply resident
+
+
+def test_low_vram_shares_the_model_and_leaves_the_vae_unmanaged(models):
+    """Low-VRAM is a per-loader setting on the shared engine: the AudioVAE leaves ComfyUI's managed module and
+    size (it stays on the CPU), decoding goes piecewise, the audio is the same, nothing is reloaded."""
+    normal = load("v2")
+    expected, _ = speak(normal, seed=8)
+    normal_size = normal.base.managed.size
+    loads = loader.MODEL_CACHE.loads
+    low = load("v2", low_vram=True)
+    assert low is not normal and low.engine is normal.engine and "low VRAM" in repr(low)
+    got, _ = speak(low, seed=8)
+    engine, managed = low.engine, low.base.managed
+    assert engine.low_vram and engine.decode_chunk_frames > 0 and engine.vae_device.type == "cpu"
+    assert "vae" not in dict(managed.module.named_children())
+    vae_bytes = sum(t.numel() * t.element_size() for t in (*engine.vae.parameters(), *engine.vae.buffers()))
+    assert vae_bytes > 0 and managed.size == loader.model_bytes(engine) == normal_size - vae_bytes
+    torch.testing.assert_close(got["waveform"], expected["waveform"], rtol=0, atol=1e-6)
+    assert got["sample_rate"] == expected["sample_rate"]
+    again, _ = speak(normal, seed=8)  # the other loader switches it back
+    assert not engine.low_vram and "vae" in dict(managed.module.named_children())
+    assert managed.size == loader.model_bytes(engine) == normal_size
+    assert torch.equal(again["waveform"], expected["waveform"])
+    assert loader.MODEL_CACHE.loads == loads
 
 
 def test_missing_model_folder(models):

@@ -122,9 +122,19 @@ class Engine:
         model, vae = model.to(device).eval(), vae.to("cpu" if low_vram else device).eval()
         vae.fold_weight_norm()
         engine = cls(config, model, vae, tokenizer, device, dtype, files.folder)
-        if low_vram:
-            engine.decode_chunk_frames = 10 * config.audio_vae.sample_rate // config.audio_vae.hop_length
+        engine.set_low_vram(low_vram)
         return engine
+
+    @property
+    def low_vram(self) -> bool:
+        return self.decode_chunk_frames is not None
+
+    def set_low_vram(self, enabled: bool) -> None:
+        """Low-VRAM mode on/off: the AudioVAE moves to the CPU (decoding in 10-second pieces) or back to the
+        model's device. The audio is the same either way."""
+        vae_cfg = self.config.audio_vae
+        self.vae.to("cpu" if enabled else self.device)
+        self.decode_chunk_frames = 10 * vae_cfg.sample_rate // vae_cfg.hop_length if enabled else None
 
     # ------------------------------------------------------------------------------------------- LoRA
     _lora: LoraInfo | None = None
