@@ -3,9 +3,10 @@
 The local transformers (LocDiT, LocEnc) multiply a handful of rows by large matrices: the DiT sees 10 rows per
 sample (the CFG pair x [mu, previous patch, current patch] tokens) nine times per generated patch. For such
 shapes MKL's plain sgemm reaches a third of the speed it reaches on the same weight once that weight is packed
-into MKL's own GEMM layout (measured on a 2-core Xeon: 30 -> 17 ms per DiT call of VoxCPM-0.5B). Packing is done
-lazily, once per weight and row count, and kept beside the Parameter (never in the state dict); anything else
-(GPU, bf16/fp16, one row, many rows, small weights, autograd, builds without MKL) runs the ordinary F.linear.
+into MKL's own GEMM layout (measured on a 2-core Xeon: 30 -> 17 ms per DiT call of VoxCPM-0.5B). A weight is
+packed when a row count comes back (its second call in a row), and kept beside the Parameter (never in the state
+dict); anything else (GPU, bf16/fp16, one row, many rows, small weights, autograd, builds without MKL) runs the
+ordinary F.linear.
 The packed product sums in a different order: results agree with F.linear to float32 rounding.
 """
 from __future__ import annotations
@@ -30,11 +31,13 @@ class Linear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.pack_small_batches = False
         self._packed: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self._last_rows: tuple | None = None  # (rows, weight key) of the last unpacked call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = self._packable_rows(x)
-        if rows:
-            return torch.ops.mkl._mkl_linear(x, self._packed_weight(rows), self.weight, self.bias, rows)
+        packed = self._packed_weight(rows) if rows else None
+        if packed is not None:
+            return torch.ops.mkl._mkl_linear(x, packed, self.weight, self.bias, rows)
         return F.linear(x, self.weight, self.bias)
 
     def _packable_rows(self, x: torch.Tensor) -> int:
@@ -47,14 +50,19 @@ class Linear(nn.Linear):
         rows = x.numel() // self.in_features
         return rows if MIN_ROWS <= rows <= MAX_ROWS else 0
 
-    def _packed_weight(self, rows: int) -> torch.Tensor:
+    def _packed_weight(self, rows: int) -> torch.Tensor | None:
+        """The weight packed for this row count, packing it on the second call with the same count (a count seen
+        once, like a prompt's length, is not worth packing); None until then."""
         w = self.weight
         # a moved or rewritten weight is packed again (inference tensors carry no version counter)
         key = (w.data_ptr(), 0 if w.is_inference() else w._version)
         entry = self._packed.pop(rows, None)
         if entry is None or entry[0] != key:
+            if self._last_rows != (rows, key):
+                self._last_rows = (rows, key)
+                return None
             with torch.no_grad():
-                entry = (key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows))
+                entry = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows))
         self._packed[rows] = entry  # most recently used last
         while len(self._packed) > KEPT_ROW_COUNTS:
             self._packed.pop(next(iter(self._packed)))
@@ -62,6 +70,7 @@ class Linear(nn.Linear):
 
     def drop_packed(self) -> None:
         self._packed.clear()
+        self._last_rows = None
 
     def _apply(self, fn, recurse=True):
         self.drop_packed()  # .to() / .cuda() / .half(): the packed copies describe the old weight
