@@ -69,6 +69,9 @@ class GraphStep(EagerStep):
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._body()
         self._set_state(saved)
+        # the graph reads the cached time embeddings by address: keep them alive even if the cache drops them
+        self.time_table = model.feat_decoder.time_table(n_timesteps, 2 * noise_shape[0], example.lm_hidden.dtype,
+                                                        example.lm_hidden.device)
 
     def _state_tensors(self):
         s = self.static
