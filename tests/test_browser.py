@@ -316,7 +316,9 @@ def test_cancel_stops_generation_and_playback_and_the_model_stays_usable(page, s
     print("\ncancel:", json.dumps(at_cancel), json.dumps({k: v for k, v in s.items() if k != "log"}))
     assert at_cancel["activeSources"] > 0 and at_cancel["scheduledEnd"] > at_cancel["time"]  # it was playing
     assert s["activeSources"] == 0  # every scheduled source was stopped
-    assert s["chunks"] <= at_cancel["chunks"] + 1  # generation stopped within one step
+    # Generation stopped within one step: after the press, at most the chunk already on its way over the websocket
+    # and the one of the step the server was in (Cancel is checked right after each chunk is sent).
+    assert s["chunks"] <= at_cancel["chunks"] + 2
     assert s["chunks"] < at_cancel["maxChunks"]
     assert s["finalIndex"] is None
     assert s["playedSeconds"] < at_cancel["scheduledEnd"] - s["log"][0]["at"]  # the rest is never heard
