@@ -193,3 +193,17 @@ def test_bf16_parity_with_attention_window(kind, tmp_path, reference_model, patc
         assert set(windows) == {2 * ATTENTION_BLOCK}
     finally:
         EagerStep.advance = original
+
+
+def test_zero_shot_prefill_skips_the_patch_encoder(pair_v2):
+    """Text-only prompts have no audio positions: the prefill does not run LocEnc over the (all-zero) patches;
+    only the generated patches are encoded (one patch per step). Same audio as the reference (test above)."""
+    ours, _ = pair_v2
+    encoder = ours.engine.model.feat_encoder
+    rows = []
+    handle = encoder.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:2]))
+    try:
+        ours.generate(TEXT, seed=SEED, max_len=6, retry_badcase=False)
+    finally:
+        handle.remove()
+    assert rows and all(tuple(r) == (1, 1) for r in rows)

@@ -96,7 +96,10 @@ class VoxCPMModel(nn.Module):
 
         Batched sequences of different lengths are right-padded (masks 0) with their true lengths [B] given:
         the causal LMs never let a real position see the padding, and decoding continues at each sample's length."""
-        feat_embed = self.embed_patches(feat)
+        if bool(audio_mask.any()):
+            feat_embed = self.embed_patches(feat)
+        else:  # text only (zero-shot, voice design): every patch embedding would be multiplied by 0 below
+            feat_embed = feat.new_zeros(*feat.shape[:2], self.config.lm.hidden_size)
         scale_emb = self.config.lm.scale_emb if self.config.lm.use_mup else 1.0
         text_embed = self.base_lm.embed_tokens(tokens) * scale_emb
         text_mask, audio_mask = text_mask.unsqueeze(-1), audio_mask.unsqueeze(-1)
