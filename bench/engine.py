@@ -220,6 +220,36 @@ def weight_bytes_per_patch(engine, n_timesteps: int = 10) -> int:
     return lms + size(m.feat_encoder) + dit_calls * size(m.feat_decoder) + rest
 
 
+def matmul_floor(engine, text: str) -> float:
+    """Seconds the Linear products of one steady-state decode step take alone: every Linear call of step 3 is
+    recorded (module, input shape, in order), then replayed on random inputs of the same shapes. The rest of
+    the step (attention, norms, activations, Python) is what ours spends above this floor."""
+    from voxcpm_engine import GenerationOptions
+
+    calls, marks = [], []
+    linears = [m for m in engine.model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0].shape))) for m in linears]
+    try:
+        opts = GenerationOptions(min_len=4, max_len=4, retry_badcase=False)
+        engine.generate(text, None, opts, seed=0, on_patch=lambda *_: marks.append(len(calls)))
+    finally:
+        for h in hooks:
+            h.remove()
+    step = [(m, torch.randn(shape, dtype=engine.dtype, device=engine.device)) for m, shape in calls[marks[1]:marks[2]]]
+    runs = []
+    with torch.inference_mode():
+        for _ in range(4):
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for module, x in step:
+                module(x)
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t0)
+    return min(runs[1:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="VoxCPM-0.5B", choices=["VoxCPM-0.5B", "VoxCPM1.5", "VoxCPM2"])
@@ -264,6 +294,9 @@ def main() -> None:
         bound = weight_bytes_per_patch(o["tts"].engine) / (bandwidth_gbs(args.device) * 1e9)
         print(f"bandwidth bound (ms)   {1000 * bound:8.1f}              ours / bound {op / bound:.2f}   "
               f"(weights read per patch / measured bandwidth)")
+        floor = matmul_floor(o["tts"].engine, text)
+        print(f"matmul floor (ms)      {1000 * floor:8.1f}              ours / floor {op / floor:.2f}   "
+              f"(the step's Linear products alone, same shapes)")
         print(f"first chunk (ms)       {1000 * o['ttfc_s']:8.1f}   {1000 * r['ttfc_s']:8.1f}   "
               f"{o['ttfc_s'] / r['ttfc_s']:.2f}   (ours: {o['ttfc_s'] / op:.2f} x one patch)")
         seconds_per_patch = o["tts"].engine.config.samples_per_patch / o["tts"].sample_rate
