@@ -127,3 +127,18 @@ def test_parity_with_packing_forced_on(kind, request, reference_model, monkeypat
     assert float(np.max(np.abs(got - expected))) <= 1e-5
     packed = [m for m in ours.engine.model.feat_decoder.modules() if isinstance(m, Linear) and m._packed]
     assert packed, "the packed path did not run"
+
+
+def test_a_failing_pack_falls_back_to_the_plain_product(monkeypatch, caplog):
+    def refuse(*_):
+        raise RuntimeError("no packed sgemm in this MKL")
+
+    monkeypatch.setattr(torch.ops.mkl, "_mkl_reorder_linear_weight", refuse)
+    monkeypatch.setattr(linear, "_packing_failed", False)
+    layer = packed_layer()
+    x = torch.randn(10, 512)
+    with torch.inference_mode():
+        for _ in range(3):
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    assert layer._packed == {} and not packing_available()
+    assert "MKL weight packing is unavailable" in caplog.text

@@ -11,17 +11,29 @@ The packed product sums in a different order: results agree with F.linear to flo
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger("voxcpm_engine")
 
 MIN_ROWS, MAX_ROWS = 4, 256  # below 4 rows plain sgemm is as fast; far above, it catches up
 MIN_PACKED_WEIGHT = 1 << 18  # elements; MKL's packed buffer has a fixed overhead not worth it for small weights
 KEPT_ROW_COUNTS = 2  # packed copies kept per weight (e.g. batch 1 and one batch size)
 
 
+_packing_failed = False  # set when MKL refused to pack once: everything runs F.linear from then on
+
+
+def _disable_packing() -> None:
+    global _packing_failed
+    _packing_failed = True
+
+
 def packing_available() -> bool:
-    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    return not _packing_failed and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
 class Linear(nn.Linear):
@@ -61,8 +73,13 @@ class Linear(nn.Linear):
             if self._last_rows != (rows, key):
                 self._last_rows = (rows, key)
                 return None
-            with torch.no_grad():
-                entry = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows))
+            try:
+                with torch.no_grad():
+                    entry = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows))
+            except RuntimeError as e:  # an MKL build without packed GEMM: stay correct, run the plain product
+                _disable_packing()
+                log.warning("MKL weight packing is unavailable (%s); using plain matrix products", e)
+                return None
         self._packed[rows] = entry  # most recently used last
         while len(self._packed) > KEPT_ROW_COUNTS:
             self._packed.pop(next(iter(self._packed)))
