@@ -6,8 +6,7 @@ shapes MKL's plain sgemm reaches a third of the speed it reaches on the same wei
 into MKL's own GEMM layout (measured on a 2-core Xeon: 30 -> 17 ms per DiT call of VoxCPM-0.5B). A weight is
 packed when a row count comes back (its second call in a row), and kept beside the Parameter (never in the state
 dict); anything else (GPU, bf16/fp16, one row, many rows, small weights, autograd, builds without MKL) runs the
-ordinary F.linear.
-The packed product sums in a different order: results agree with F.linear to float32 rounding.
+ordinary F.linear. The packed product sums in a different order: results agree with F.linear to float32 rounding.
 """
 from __future__ import annotations
 
@@ -22,8 +21,6 @@ log = logging.getLogger("voxcpm_engine")
 MIN_ROWS, MAX_ROWS = 4, 256  # below 4 rows plain sgemm is as fast; far above, it catches up
 MIN_PACKED_WEIGHT = 1 << 18  # elements; MKL's packed buffer has a fixed overhead not worth it for small weights
 KEPT_ROW_COUNTS = 2  # packed copies kept per weight (e.g. batch 1 and one batch size)
-
-
 _packing_failed = False  # set when MKL refused to pack once: everything runs F.linear from then on
 
 
