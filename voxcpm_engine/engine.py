@@ -119,10 +119,9 @@ class Engine:
         for module in model.modules():  # derived tables (RoPE) are not in the files: compute them now
             if hasattr(module, "init_buffers"):
                 module.init_buffers(device, dtype)
-        model, vae = model.to(device).eval(), vae.to("cpu" if low_vram else device).eval()
+        engine = cls(config, model.to(device).eval(), vae.eval(), tokenizer, device, dtype, files.folder)
+        engine.set_low_vram(low_vram)  # puts the AudioVAE on its device
         vae.fold_weight_norm()
-        engine = cls(config, model, vae, tokenizer, device, dtype, files.folder)
-        engine.set_low_vram(low_vram)
         return engine
 
     @property
