@@ -188,22 +188,28 @@ def ttfc_reference(tts, text: str) -> float:
     return elapsed
 
 
+def best_seconds(fn, device: str, runs: int, warmup: int) -> float:
+    """The fastest of `runs` timed calls of fn() after `warmup` untimed ones (GPU work waited for)."""
+    cuda = str(device).startswith("cuda")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def bandwidth_gbs(device: str) -> float:
     """Memory bandwidth as a large fp32 matrix-vector product streams it (the decode step's access pattern)."""
     matrix = torch.randn(8192, 16384, device=device)  # 512 MB
     vector = torch.randn(16384, 1, device=device)
-    for _ in range(2):
-        matrix @ vector
-    runs = []
-    for _ in range(5):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        matrix @ vector
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        runs.append(time.perf_counter() - t0)
-    return matrix.numel() * 4 / min(runs) / 1e9
+    return matrix.numel() * 4 / best_seconds(lambda: matrix @ vector, device, runs=5, warmup=2) / 1e9
 
 
 def weight_bytes_per_patch(engine, n_timesteps: int = 10) -> int:
@@ -236,18 +242,12 @@ def matmul_floor(engine, text: str) -> float:
         for h in hooks:
             h.remove()
     step = [(m, torch.randn(shape, dtype=engine.dtype, device=engine.device)) for m, shape in calls[marks[1]:marks[2]]]
-    runs = []
+    def replay():
+        for module, x in step:
+            module(x)
+
     with torch.inference_mode():
-        for _ in range(4):
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for module, x in step:
-                module(x)
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
-            runs.append(time.perf_counter() - t0)
-    return min(runs[1:])
+        return best_seconds(replay, engine.device, runs=3, warmup=1)
 
 
 def main() -> None:
