@@ -14,7 +14,7 @@ from torch import nn
 
 from voxcpm_engine import Engine, GenerationOptions
 from voxcpm_engine.checkpoint import CheckpointError
-from voxcpm_engine.lora import DEFAULT_ALPHA_SOURCE, LoraError, LoraLinear
+from voxcpm_engine.lora import DEFAULT_ALPHA_SOURCE, LoraError, LoraLinear, adaptable_layers
 
 TEXT = "hello world"
 SEED = 1234
@@ -26,12 +26,12 @@ LORA_SCALE = 0.1  # std of the random lora_A / lora_B values
 
 # ------------------------------------------------------------------------------------------------- helpers
 
-def reference_lora_config(version: int):
+def reference_lora_config(version: int, **targets):
     from voxcpm.model.voxcpm import LoRAConfig
 
     projections = ["enc_to_lm_proj", "lm_to_dit_proj", "res_to_dit_proj"] + (["fusion_concat_proj"] * (version == 2))
     return LoRAConfig(enable_lm=True, enable_dit=True, enable_proj=True, r=RANK, alpha=ALPHA,
-                      target_proj_modules=projections)
+                      target_proj_modules=projections, **targets)
 
 
 def reference_voxcpm(folder, lora_config, lora_dir=None):
@@ -41,9 +41,9 @@ def reference_voxcpm(folder, lora_config, lora_dir=None):
                   lora_weights_path=None if lora_dir is None else str(lora_dir))
 
 
-def write_official_lora(folder, out: Path, version: int, seed: int = 0) -> Path:
+def write_official_lora(folder, out: Path, version: int, seed: int = 0, config=None) -> Path:
     """A LoRA folder as the official trainer saves it: the reference model's lora_A/lora_B (random, non-zero)."""
-    config = reference_lora_config(version)
+    config = config or reference_lora_config(version)
     model = reference_voxcpm(folder, config).tts_model
     g = torch.Generator().manual_seed(seed)
     state = {name: LORA_SCALE * torch.randn(p.shape, generator=g) for name, p in model.state_dict().items()
@@ -52,6 +52,11 @@ def write_official_lora(folder, out: Path, version: int, seed: int = 0) -> Path:
     save_file(state, str(out / "lora_weights.safetensors"))
     (out / "lora_config.json").write_text(json.dumps({"base_model": str(folder), "lora_config": config.model_dump()}))
     return out
+
+
+def adapted(model: nn.Module) -> int:
+    """How many official layers (fused q/k/v, gate/up counted by part) run through a LoraLinear."""
+    return sum(isinstance(layer.module, LoraLinear) for layer in adaptable_layers(model).values())
 
 
 def wave(engine: Engine, seed: int = SEED) -> torch.Tensor:
@@ -133,6 +138,29 @@ def test_parity_with_reference(name, request):
     assert case.base.shape != case.with_lora.shape or max_diff(case.base, case.with_lora) > 1e-3
 
 
+@pytest.mark.parametrize("tiny", ["tiny_v1", "tiny_v2"])
+def test_parity_with_some_parts_of_fused_projections(tiny, request, tmp_path):
+    """Our q/k/v and gate/up are fused products: a LoRA on only some of the parts (q and gate in the LMs, v and up in
+    the DiT) must still change just those parts' outputs, as the reference's separate layers do."""
+    folder, version = request.getfixturevalue(tiny), int(tiny[-1])
+    config = reference_lora_config(version, target_modules_lm=["q_proj", "gate_proj"],
+                                   target_modules_dit=["v_proj", "up_proj"])
+    lora_dir = write_official_lora(folder, tmp_path / "lora", version, config=config)
+    names = {k.rsplit(".", 1)[0] for k in load_file(lora_dir / "lora_weights.safetensors")}
+    assert {n.rpartition(".")[2] for n in names} >= {"q_proj", "gate_proj", "v_proj", "up_proj"}
+    assert not any(n.endswith(("k_proj", "down_proj")) for n in names)
+    engine = Engine.load(folder, device="cpu")
+    base = wave(engine)
+    info = engine.set_lora(lora_dir)
+    ours = wave(engine)
+    reference = reference_wave(reference_voxcpm(folder, config, lora_dir))
+    assert info.modules == len(names)
+    diff = max_diff(ours, reference)
+    print(f"{tiny}: max abs diff vs reference {diff:.3g}")
+    assert diff <= TOL_FP32
+    assert base.shape != ours.shape or max_diff(base, ours) > 1e-3
+
+
 @pytest.mark.parametrize("name", ["case_v1", "case_v2"])
 def test_info(name, request):
     case = request.getfixturevalue(name)
@@ -184,7 +212,7 @@ def test_remove_restores_exact_base(v1):
     assert torch.equal(rng, torch.get_rng_state())  # no random init: seed=None generations are unaffected
     assert list(model.state_dict()) == keys  # LoRA tensors are not checkpoint entries
     assert all(p is params[name] for name, p in model.named_parameters())  # base weights shared, never copied
-    assert sum(isinstance(m, LoraLinear) for m in model.modules()) == v1.engine.lora.modules
+    assert adapted(model) == v1.engine.lora.modules
     assert v1.engine.set_lora(None) is None and v1.engine.lora is None
     assert not any(isinstance(m, LoraLinear) for m in model.modules())
     assert all(p is params[name] for name, p in model.named_parameters())
@@ -197,7 +225,7 @@ def test_switching_replaces(v1, tmp_path):
     v1.engine.set_lora(v1.lora_dir)
     info = v1.engine.set_lora(other)
     assert v1.engine.lora == info and info.path.parent == other
-    assert sum(isinstance(m, LoraLinear) for m in v1.engine.model.modules()) == info.modules
+    assert adapted(v1.engine.model) == info.modules
     switched = wave(v1.engine)
     v1.engine.set_lora(None)
     v1.engine.set_lora(other)

@@ -513,13 +513,15 @@ def write_lora(engine, folder, seed=0, rank=2, alpha=None, config_alpha=None, ba
     """A LoRA in the official layout for a loaded tiny engine: lora_A/lora_B for every attention q/v projection."""
     from safetensors.torch import save_file
 
+    from voxcpm_engine.lora import adaptable_layers
+
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for name, module in engine.model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.endswith(("q_proj", "v_proj")):
-            fan_in = module.in_features + (1 if bad_shape else 0)
+    for name, layer in adaptable_layers(engine.model).items():
+        if name.endswith(("q_proj", "v_proj")):
+            fan_in = layer.in_features + (1 if bad_shape else 0)
             state[f"{name}.lora_A"] = 0.5 * torch.randn(rank, fan_in, generator=g)
-            state[f"{name}.lora_B"] = 0.5 * torch.randn(module.out_features, rank, generator=g)
+            state[f"{name}.lora_B"] = 0.5 * torch.randn(layer.out_features, rank, generator=g)
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"lora_alpha": str(alpha)} if alpha is not None else None
     save_file(state, str(folder / "lora_weights.safetensors"), metadata=metadata)

@@ -250,19 +250,47 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
         raise CheckpointError(f"{what} does not match the model built from config.json: " + "; ".join(problems)
                               + ". Check that the weights and config.json come from the same model (re-download "
                               "the folder if in doubt).")
+    release = getattr(state_dict, "release", lambda key: None)
+    fused = _fused_parts(module)
+    pending: dict[str, dict[str, torch.Tensor]] = {}
     for key, current in module.state_dict(keep_vars=True).items():
         tensor = source = state_dict[key]
         if tensor.is_floating_point():
             tensor = tensor.to(dtype or current.dtype)
-        if tensor is not source and hasattr(state_dict, "release"):
-            state_dict.release(key)  # the file's copy is no longer needed
-        owner, name = _owner(module, key)
-        if name in owner._parameters:
-            owner._parameters[name] = nn.Parameter(tensor, requires_grad=current.requires_grad)
-        else:
-            owner._buffers[name] = tensor
+        if tensor is not source:
+            release(key)  # the file's copy is no longer needed
+        if key in fused:  # one part of a fused layer: assigned once all its parts are read
+            fused_key, part_keys = fused[key]
+            parts = pending.setdefault(fused_key, {})
+            parts[key] = tensor
+            if len(parts) < len(part_keys):
+                continue
+            del pending[fused_key]
+            key, tensor = fused_key, torch.cat([parts[k] for k in part_keys])
+            for part_key in part_keys:
+                release(part_key)
+        _assign(module, key, tensor, current.requires_grad)
     _check_materialized(module, what)
     return module
+
+
+def _fused_parts(module: nn.Module) -> dict[str, tuple[str, list[str]]]:
+    """Part key -> (fused weight key, all its part keys in row order) for every fused layer (layers/linear.py)."""
+    out = {}
+    for name, layer in module.named_modules():
+        if getattr(layer, "parts", None):
+            parent = name.rpartition(".")[0]
+            part_keys = [".".join(filter(None, (parent, part, "weight"))) for part in layer.parts]
+            out.update((k, (f"{name}.weight", part_keys)) for k in part_keys)
+    return out
+
+
+def _assign(module: nn.Module, key: str, tensor: torch.Tensor, requires_grad: bool) -> None:
+    owner, name = _owner(module, key)
+    if name in owner._parameters:
+        owner._parameters[name] = nn.Parameter(tensor, requires_grad=requires_grad)
+    else:
+        owner._buffers[name] = tensor
 
 
 def _check_materialized(module: nn.Module, what: str) -> None:

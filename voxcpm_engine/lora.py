@@ -16,7 +16,9 @@ lora_config.json are not needed). alpha is taken from, in this order:
 
 Each adapted layer becomes a `LoraLinear` that shares the base layer's weight/bias Parameters and computes
     y = x Wᵀ + b + (x Aᵀ) Bᵀ · (alpha / r · strength)
-in the reference's order of operations. Nothing is merged into W, so removing the adapter restores the base model
+in the reference's order of operations. Our fused projections (q/k/v, gate/up: layers/linear.py) take the official
+per-projection names; their parts' pairs are joined into one: A stacked, B block-diagonal, so each part's low-rank
+term lands on that part's outputs only. Nothing is merged into W, so removing the adapter restores the base model
 exactly. A file is read and checked completely against the model before anything is changed.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .layers.linear import Linear
+from .layers.linear import Linear, part_rows
 
 WEIGHT_FILES = ("lora_weights.safetensors", "lora_weights.ckpt", "lora_weights.pth")
 CONFIG_FILE = "lora_config.json"
@@ -63,7 +65,8 @@ class LoraInfo:
 
 @dataclass(frozen=True)
 class LoraAdapter:
-    """A checked LoRA, ready to apply: module name -> (lora_A, lora_B) in that module's dtype and device."""
+    """A checked LoRA, ready to apply: module name -> (lora_A, lora_B) in that module's dtype and device (one pair
+    per module: the parts of a fused module joined)."""
 
     info: LoraInfo
     layers: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -76,6 +79,7 @@ class LoraLinear(Linear):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight, self.bias = base.weight, base.bias
         self.pack_small_batches = getattr(base, "pack_small_batches", False)
+        self.parts = getattr(base, "parts", None)
         self.register_buffer("lora_A", lora_A, persistent=False)  # not in state_dict: the checkpoint keys stay
         self.register_buffer("lora_B", lora_B, persistent=False)
         self.scaling = scaling
@@ -91,7 +95,7 @@ class LoraLinear(Linear):
         """A plain Linear over the same weight/bias Parameters."""
         plain = Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         plain.weight, plain.bias = self.weight, self.bias
-        plain.pack_small_batches = self.pack_small_batches
+        plain.pack_small_batches, plain.parts = self.pack_small_batches, self.parts
         return plain.train(self.training)
 
     def extra_repr(self) -> str:
@@ -189,28 +193,59 @@ def _pairs(state: dict[str, torch.Tensor], weights: Path) -> dict[str, dict[str,
     return pairs
 
 
-def _target(model: nn.Module, name: str, key: str, weights: Path) -> nn.Linear:
+@dataclass(frozen=True)
+class _Layer:
+    """Where an adaptable layer (by its official name) lives: the module holding its weight, and its output rows."""
+    module_name: str
+    module: nn.Linear
+    rows: slice
+
+    @property
+    def in_features(self) -> int:
+        return self.module.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.rows.stop - self.rows.start
+
+
+def adaptable_layers(model: nn.Module) -> dict[str, _Layer]:
+    """Every Linear layer a LoRA can name, by its official name (fused projections by their parts' names)."""
+    layers = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if not getattr(module, "parts", None):
+            layers[name] = _Layer(name, module, slice(0, module.out_features))
+            continue
+        parent = name.rpartition(".")[0]
+        for part, rows in part_rows(module).items():
+            layers[".".join(filter(None, (parent, part)))] = _Layer(name, module, rows)
+    return layers
+
+
+def _target(model: nn.Module, layers: dict[str, _Layer], name: str, key: str, weights: Path) -> _Layer:
+    if name in layers:
+        return layers[name]
     try:
         module = model.get_submodule(name)
     except AttributeError:
         raise LoraError(f"{weights}: key {key!r} names a layer {name!r} that this model does not have "
                         "(a LoRA for another model?)") from None
-    if not isinstance(module, nn.Linear):
-        raise LoraError(f"{weights}: key {key!r} names {name!r}, a {type(module).__name__}, not a Linear layer")
-    return module
+    raise LoraError(f"{weights}: key {key!r} names {name!r}, a {type(module).__name__}, not a Linear layer")
 
 
-def _check_pair(module: nn.Linear, halves: dict[str, tuple[str, torch.Tensor]], weights: Path) -> int:
-    """The rank of one (lora_A, lora_B) pair that fits `module`."""
+def _check_pair(layer: _Layer, halves: dict[str, tuple[str, torch.Tensor]], weights: Path) -> int:
+    """The rank of one (lora_A, lora_B) pair that fits `layer`."""
     (key_a, a), (key_b, b) = halves["lora_A"], halves["lora_B"]
     for key, t in ((key_a, a), (key_b, b)):
         if not t.is_floating_point():
             raise LoraError(f"{weights}: {key!r} has dtype {t.dtype}, expected floating point")
-    fits = (a.ndim == 2 and b.ndim == 2 and a.shape[1] == module.in_features
-            and b.shape[0] == module.out_features and a.shape[0] == b.shape[1] > 0)
+    fits = (a.ndim == 2 and b.ndim == 2 and a.shape[1] == layer.in_features
+            and b.shape[0] == layer.out_features and a.shape[0] == b.shape[1] > 0)
     if not fits:
         raise LoraError(f"{weights}: {key_a!r} {list(a.shape)} / {key_b!r} {list(b.shape)} do not fit the layer "
-                        f"(expected [r, {module.in_features}] and [{module.out_features}, r] with r > 0)")
+                        f"(expected [r, {layer.in_features}] and [{layer.out_features}, r] with r > 0)")
     return a.shape[0]
 
 
@@ -225,10 +260,21 @@ def _rank(ranks: dict[str, int], config: dict | None, config_path: Path | None, 
     return rank
 
 
-def _runtime_pair(halves: dict[str, tuple[str, torch.Tensor]], module: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """(lora_A, lora_B) in the layer's dtype (the runtime dtype) on its device."""
-    weight = module.weight
-    return tuple(halves[half][1].to(device=weight.device, dtype=weight.dtype).contiguous() for half in _HALVES)
+def _runtime_pair(pairs: list[tuple[_Layer, dict[str, tuple[str, torch.Tensor]]]]) -> tuple[torch.Tensor, ...]:
+    """(lora_A, lora_B) for one module, in its dtype (the runtime dtype) on its device. The parts of a fused module
+    are joined: A [sum r, in] stacked, B [out, sum r] block-diagonal (zero outside each part's rows)."""
+    module = pairs[0][0].module
+    cast = [tuple(halves[half][1].to(device=module.weight.device, dtype=module.weight.dtype) for half in _HALVES)
+            for _, halves in pairs]
+    if len(pairs) == 1 and pairs[0][0].out_features == module.out_features:
+        return tuple(t.contiguous() for t in cast[0])
+    lora_A = torch.cat([a for a, _ in cast])
+    lora_B = lora_A.new_zeros(module.out_features, lora_A.shape[0])
+    start = 0
+    for (layer, _), (a, b) in zip(pairs, cast):
+        lora_B[layer.rows, start:start + a.shape[0]] = b
+        start += a.shape[0]
+    return lora_A, lora_B
 
 
 def _strength(strength) -> float:
@@ -245,12 +291,16 @@ def load_lora(path: str | Path, model: nn.Module, strength: float = 1.0) -> Lora
     weights, config_path = find_lora_files(path)
     config, base_model = _read_config(config_path) if config_path is not None else (None, None)
     pairs = _pairs(checkpoint.read_state_dict(weights), weights)
-    targets = {name: _target(model, name, halves["lora_A"][0], weights) for name, halves in pairs.items()}
+    adaptable = adaptable_layers(model)
+    targets = {name: _target(model, adaptable, name, halves["lora_A"][0], weights) for name, halves in pairs.items()}
     ranks = {name: _check_pair(targets[name], halves, weights) for name, halves in pairs.items()}
     rank = _rank(ranks, config, config_path, weights)
     alpha, source = resolve_alpha(rank, config, config_path, _metadata(weights))
-    layers = {name: _runtime_pair(pairs[name], module) for name, module in targets.items()}
-    info = LoraInfo(weights, strength, rank, alpha, source, len(layers), base_model)
+    by_module: dict[str, list] = {}
+    for name, layer in sorted(targets.items(), key=lambda item: item[1].rows.start):
+        by_module.setdefault(layer.module_name, []).append((layer, pairs[name]))
+    layers = {module_name: _runtime_pair(parts) for module_name, parts in by_module.items()}
+    info = LoraInfo(weights, strength, rank, alpha, source, len(targets), base_model)
     return LoraAdapter(info, layers)
 
 

@@ -34,7 +34,12 @@ def packing_available() -> bool:
 
 
 class Linear(nn.Linear):
-    """Same parameters and state-dict keys as nn.Linear; set `pack_small_batches` to use the CPU fast path."""
+    """Same parameters and state-dict keys as nn.Linear; set `pack_small_batches` to use the CPU fast path.
+
+    A fused layer (see `fused_linear`) stacks several projections of the same input as row blocks of one weight;
+    `parts` then names them, in row order, with their output sizes."""
+
+    parts: dict[str, int] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
@@ -98,3 +103,48 @@ def pack_small_batches(module: nn.Module, enabled: bool = True) -> None:
             m.pack_small_batches = enabled
             if not enabled:
                 m.drop_packed()
+
+
+# ------------------------------------------------------------------------------------------ fused projections
+
+def fused_linear(in_features: int, parts: dict[str, int]) -> Linear:
+    """One bias-free Linear for several projections of the same input (q/k/v, gate/up): one product instead of
+    several, each part's output a slice of the result. Its parent keeps the parts' own checkpoint keys
+    ("q_proj.weight", ...) in state_dict() and load_state_dict(): call `keep_part_keys(parent)`."""
+    layer = Linear(in_features, sum(parts.values()), bias=False)
+    layer.parts = dict(parts)
+    return layer
+
+
+def fused_children(module: nn.Module) -> dict[str, Linear]:
+    return {name: child for name, child in module.named_children() if getattr(child, "parts", None)}
+
+
+def part_rows(layer: Linear) -> dict[str, slice]:
+    """Each part's rows of the fused weight (= its columns of the fused output)."""
+    rows, start = {}, 0
+    for name, size in layer.parts.items():
+        rows[name] = slice(start, start + size)
+        start += size
+    return rows
+
+
+def _split_parts(module, state_dict, prefix, local_metadata) -> None:
+    for name, layer in fused_children(module).items():
+        fused = state_dict.pop(f"{prefix}{name}.weight")
+        for part, rows in part_rows(layer).items():
+            state_dict[f"{prefix}{part}.weight"] = fused[rows]  # views: state_dict() allocates nothing
+
+
+def _join_parts(module, state_dict, prefix, *_) -> None:
+    for name, layer in fused_children(module).items():
+        keys = [f"{prefix}{part}.weight" for part in layer.parts]
+        if all(k in state_dict for k in keys):
+            state_dict[f"{prefix}{name}.weight"] = torch.cat([state_dict.pop(k) for k in keys])
+
+
+def keep_part_keys(parent: nn.Module) -> None:
+    """state_dict() of `parent` lists its fused layers by their parts' keys; load_state_dict() accepts those keys
+    (and joins them). checkpoint.load_strict joins them itself, releasing each file tensor as it goes."""
+    parent.register_state_dict_post_hook(_split_parts)
+    parent.register_load_state_dict_pre_hook(_join_parts)

@@ -1,6 +1,7 @@
 """MiniCPM-4 transformer stack: RMSNorm, LongRoPE, GQA attention, static KV cache.
 
-Every transformer of VoxCPM (base LM, residual LM, LocEnc, LocDiT) is one `MiniCPMStack`.
+Every transformer of VoxCPM (base LM, residual LM, LocEnc, LocDiT) is one `MiniCPMStack`. The q/k/v and the
+gate/up projections are each one fused product (layers/linear.py); state dicts keep the official per-projection keys.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import StackConfig
-from .linear import Linear
+from .linear import Linear, fused_linear, keep_part_keys
 
 
 class RMSNorm(nn.Module):
@@ -103,17 +104,18 @@ class Attention(nn.Module):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.q_proj = Linear(cfg.hidden_size, q_dim, bias=False)
-        self.k_proj = Linear(cfg.hidden_size, kv_dim, bias=False)
-        self.v_proj = Linear(cfg.hidden_size, kv_dim, bias=False)
+        self.qkv_sizes = (q_dim, kv_dim, kv_dim)
+        self.qkv_proj = fused_linear(cfg.hidden_size, dict(zip(("q_proj", "k_proj", "v_proj"), self.qkv_sizes)))
         self.o_proj = Linear(q_dim, cfg.hidden_size, bias=False)
+        keep_part_keys(self)
 
     def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None):
         """x [B,T,H] -> q [B,Hq,T,hd], k/v [B,Hkv,T,hd] with q/k rotated."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         return q.contiguous(), k.contiguous(), v.contiguous()
@@ -128,12 +130,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: StackConfig):
         super().__init__()
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        size = cfg.intermediate_size
+        self.gate_up_proj = fused_linear(cfg.hidden_size, {"gate_proj": size, "up_proj": size})
+        self.down_proj = Linear(size, cfg.hidden_size, bias=False)
+        keep_part_keys(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
