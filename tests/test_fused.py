@@ -104,3 +104,25 @@ def test_load_strict_names_the_part_that_does_not_fit():
     del state[key]
     with pytest.raises(CheckpointError, match=rf"1 missing key\(s\): {key}"):
         checkpoint.load_strict(stack, state)
+
+
+def test_load_strict_reads_parts_straight_from_a_safetensors_file(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        stack = MiniCPMStack(lm_config())
+    state = {k: v.to(torch.bfloat16) for k, v in official_state(stack, seed=3).items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    reads = []
+    real = checkpoint.SafetensorsFile.read_into
+    monkeypatch.setattr(checkpoint.SafetensorsFile, "read_into", lambda self, key, out: (reads.append(key),
+                                                                                         real(self, key, out)))
+    checkpoint.load_strict(stack, checkpoint.read_state_dict(tmp_path / "model.safetensors"), dtype=torch.bfloat16)
+    assert sorted(reads) == sorted(k for k in state if k.rsplit(".", 2)[-2] in PARTS)
+    for i, layer in enumerate(stack.layers):
+        p = f"layers.{i}."
+        assert torch.equal(layer.self_attn.qkv_proj.weight, torch.cat(
+            [state[p + f"self_attn.{n}.weight"] for n in ("q_proj", "k_proj", "v_proj")]))
+        assert torch.equal(layer.mlp.gate_up_proj.weight, torch.cat(
+            [state[p + f"mlp.{n}.weight"] for n in ("gate_proj", "up_proj")]))
+    assert {k: torch.equal(v, state[k]) for k, v in stack.state_dict().items()} == {k: True for k in state}

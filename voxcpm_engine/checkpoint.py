@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .layers.linear import part_rows
+
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 VAE = ("audiovae.safetensors", "audiovae.pth")
@@ -156,6 +158,21 @@ class SafetensorsFile(Mapping):
         data = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self.data_start + begin)
         return data.view(dtype).reshape(entry["shape"])
 
+    def dtype_of(self, key: str) -> torch.dtype:
+        return _SAFETENSORS_DTYPES[self.entries[key]["dtype"]]
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Read a tensor's bytes from the file into `out` (contiguous, same dtype and size): one read call, without
+        touching the map (used where the loader copies anyway: the parts of fused layers)."""
+        begin, end = self.entries[key]["data_offsets"]
+        target = out.view(torch.uint8).reshape(-1)
+        if target.numel() != end - begin or not out.is_contiguous():
+            raise ValueError(f"cannot read tensor {key!r} ({end - begin} bytes) into a buffer of {target.numel()}")
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            if f.readinto(memoryview(target.numpy())) != end - begin:
+                raise ValueError(f"tensor {key!r} lies outside the file (truncated download?)")
+
     def release(self, key: str) -> None:
         """Drop the mapped pages lying wholly inside this tensor's bytes (after the loader copied it)."""
         begin, end = self.entries[key]["data_offsets"]
@@ -244,6 +261,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
 
     Floating tensors are cast to `dtype` (default: the dtype the module declares) one at a time; integer tensors
     keep their dtype. Only non-persistent buffers may stay on meta afterwards (the caller re-initialises them).
+    The keys are the official ones: the parts of a fused layer (q/k/v, gate/up) are read into its rows.
     """
     problems = _mismatches(module, state_dict)
     if problems:
@@ -252,37 +270,46 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
                               "the folder if in doubt).")
     release = getattr(state_dict, "release", lambda key: None)
     fused = _fused_parts(module)
-    pending: dict[str, dict[str, torch.Tensor]] = {}
+    filling: dict[str, list] = {}  # fused weight key -> [its buffer, parts still to read]
     for key, current in module.state_dict(keep_vars=True).items():
+        if key in fused:  # one part of a fused layer: read into its rows, the layer is assigned once complete
+            fused_key, rows, fused_shape, count = fused[key]
+            entry = filling.setdefault(fused_key, [torch.empty(fused_shape, dtype=dtype or current.dtype), count])
+            _read_into(state_dict, key, entry[0][rows])
+            release(key)
+            entry[1] -= 1
+            if entry[1] == 0:
+                _assign(module, fused_key, filling.pop(fused_key)[0], current.requires_grad)
+            continue
         tensor = source = state_dict[key]
         if tensor.is_floating_point():
             tensor = tensor.to(dtype or current.dtype)
         if tensor is not source:
             release(key)  # the file's copy is no longer needed
-        if key in fused:  # one part of a fused layer: assigned once all its parts are read
-            fused_key, part_keys = fused[key]
-            parts = pending.setdefault(fused_key, {})
-            parts[key] = tensor
-            if len(parts) < len(part_keys):
-                continue
-            del pending[fused_key]
-            key, tensor = fused_key, torch.cat([parts[k] for k in part_keys])
-            for part_key in part_keys:
-                release(part_key)
         _assign(module, key, tensor, current.requires_grad)
     _check_materialized(module, what)
     return module
 
 
-def _fused_parts(module: nn.Module) -> dict[str, tuple[str, list[str]]]:
-    """Part key -> (fused weight key, all its part keys in row order) for every fused layer (layers/linear.py)."""
+def _fused_parts(module: nn.Module) -> dict[str, tuple[str, slice, torch.Size, int]]:
+    """Part key -> (fused weight key, the part's rows, the fused shape, number of parts) for every fused layer."""
     out = {}
     for name, layer in module.named_modules():
         if getattr(layer, "parts", None):
             parent = name.rpartition(".")[0]
-            part_keys = [".".join(filter(None, (parent, part, "weight"))) for part in layer.parts]
-            out.update((k, (f"{name}.weight", part_keys)) for k in part_keys)
+            for part, rows in part_rows(layer).items():
+                key = ".".join(filter(None, (parent, part, "weight")))
+                out[key] = (f"{name}.weight", rows, layer.weight.shape, len(layer.parts))
     return out
+
+
+def _read_into(state_dict, key: str, out: torch.Tensor) -> None:
+    """Copy (and cast) one file tensor into `out`; straight from the file when it already has out's dtype."""
+    read_into = getattr(state_dict, "read_into", None)
+    if read_into is not None and state_dict.dtype_of(key) == out.dtype:
+        read_into(key, out)
+    else:
+        out.copy_(state_dict[key])
 
 
 def _assign(module: nn.Module, key: str, tensor: torch.Tensor, requires_grad: bool) -> None:
