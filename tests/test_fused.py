@@ -118,7 +118,9 @@ def test_load_strict_reads_parts_straight_from_a_safetensors_file(tmp_path, monk
     monkeypatch.setattr(checkpoint.SafetensorsFile, "read_into", lambda self, key, out: (reads.append(key),
                                                                                          real(self, key, out)))
     checkpoint.load_strict(stack, checkpoint.read_state_dict(tmp_path / "model.safetensors"), dtype=torch.bfloat16)
-    assert sorted(reads) == sorted(k for k in state if k.rsplit(".", 2)[-2] in PARTS)
+    # q/k/v are not stored together (safetensors sorts keys: k, o, q, v): read into the fused rows; gate/up are
+    # stored back to back (down, gate, up): used in place, zero-copy
+    assert sorted(reads) == sorted(k for k in state if k.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj"})
     for i, layer in enumerate(stack.layers):
         p = f"layers.{i}."
         assert torch.equal(layer.self_attn.qkv_proj.weight, torch.cat(
@@ -126,3 +128,21 @@ def test_load_strict_reads_parts_straight_from_a_safetensors_file(tmp_path, monk
         assert torch.equal(layer.mlp.gate_up_proj.weight, torch.cat(
             [state[p + f"mlp.{n}.weight"] for n in ("gate_proj", "up_proj")]))
     assert {k: torch.equal(v, state[k]) for k, v in stack.state_dict().items()} == {k: True for k in state}
+    file = checkpoint.read_state_dict(tmp_path / "model.safetensors")
+    assert file.stacked_view(["layers.0.mlp.gate_proj.weight", "layers.0.mlp.up_proj.weight"]) is not None
+    assert file.stacked_view(["layers.0.mlp.up_proj.weight", "layers.0.mlp.gate_proj.weight"]) is None  # order
+    assert file.stacked_view(["layers.0.self_attn.q_proj.weight", "layers.0.self_attn.k_proj.weight"]) is None
+
+
+def test_fused_parts_stored_together_are_cast_when_the_dtype_differs(tmp_path):
+    from safetensors.torch import save_file
+
+    with torch.device("meta"):
+        stack = MiniCPMStack(lm_config())
+    state = official_state(stack, seed=4)  # fp32 file, bf16 model
+    save_file(state, str(tmp_path / "model.safetensors"))
+    checkpoint.load_strict(stack, checkpoint.read_state_dict(tmp_path / "model.safetensors"), dtype=torch.bfloat16)
+    gate_up = stack.layers[0].mlp.gate_up_proj.weight
+    assert gate_up.dtype == torch.bfloat16
+    assert torch.equal(gate_up, torch.cat([state["layers.0.mlp.gate_proj.weight"],
+                                           state["layers.0.mlp.up_proj.weight"]]).to(torch.bfloat16))

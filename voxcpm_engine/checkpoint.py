@@ -173,6 +173,22 @@ class SafetensorsFile(Mapping):
             if f.readinto(memoryview(target.numpy())) != end - begin:
                 raise ValueError(f"tensor {key!r} lies outside the file (truncated download?)")
 
+    def stacked_view(self, keys: list[str]) -> torch.Tensor | None:
+        """The tensors `keys` stacked along their first dim as one zero-copy view, if the file stores them back to
+        back in this order with one dtype and the same trailing shape; else None."""
+        entries = [self.entries[k] for k in keys]
+        first = entries[0]
+        if any(e["dtype"] != first["dtype"] or e["shape"][1:] != first["shape"][1:] for e in entries):
+            return None
+        if any(a["data_offsets"][1] != b["data_offsets"][0] for a, b in zip(entries, entries[1:])):
+            return None
+        begin, end = first["data_offsets"][0], entries[-1]["data_offsets"][1]
+        if end == begin:
+            return None
+        data = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self.data_start + begin)
+        rows = sum(e["shape"][0] for e in entries)
+        return data.view(_SAFETENSORS_DTYPES[first["dtype"]]).reshape(rows, *first["shape"][1:])
+
     def release(self, key: str) -> None:
         """Drop the mapped pages lying wholly inside this tensor's bytes (after the loader copied it)."""
         begin, end = self.entries[key]["data_offsets"]
@@ -270,16 +286,10 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
                               "the folder if in doubt).")
     release = getattr(state_dict, "release", lambda key: None)
     fused = _fused_parts(module)
-    filling: dict[str, list] = {}  # fused weight key -> [its buffer, parts still to read]
+    filling: dict[str, list] = {}  # fused weight key -> [its tensor, part keys still to read, copying?]
     for key, current in module.state_dict(keep_vars=True).items():
-        if key in fused:  # one part of a fused layer: read into its rows, the layer is assigned once complete
-            fused_key, rows, fused_shape, count = fused[key]
-            entry = filling.setdefault(fused_key, [torch.empty(fused_shape, dtype=dtype or current.dtype), count])
-            _read_into(state_dict, key, entry[0][rows])
-            release(key)
-            entry[1] -= 1
-            if entry[1] == 0:
-                _assign(module, fused_key, filling.pop(fused_key)[0], current.requires_grad)
+        if key in fused:
+            _load_part(module, state_dict, key, fused[key], dtype or current.dtype, current.requires_grad, filling)
             continue
         tensor = source = state_dict[key]
         if tensor.is_floating_point():
@@ -291,15 +301,33 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
     return module
 
 
-def _fused_parts(module: nn.Module) -> dict[str, tuple[str, slice, torch.Size, int]]:
-    """Part key -> (fused weight key, the part's rows, the fused shape, number of parts) for every fused layer."""
+def _load_part(module, state_dict, key, layout, dtype, requires_grad, filling) -> None:
+    """One part of a fused layer: read into the layer's rows; the layer is assigned once all its parts are read.
+    Parts stored back to back in the file, in order and in the target dtype, are used in place instead (safetensors
+    files keep keys sorted, so gate_proj is followed by up_proj)."""
+    fused_key, rows, shape, part_keys = layout
+    if fused_key not in filling:
+        stored = getattr(state_dict, "stacked_view", lambda keys: None)(part_keys)
+        in_place = stored is not None and stored.dtype == dtype
+        filling[fused_key] = [stored if in_place else torch.empty(shape, dtype=dtype), set(part_keys), not in_place]
+    tensor, left, copying = filling[fused_key]
+    if copying:
+        _read_into(state_dict, key, tensor[rows])
+        getattr(state_dict, "release", lambda key: None)(key)
+    left.discard(key)
+    if not left:
+        _assign(module, fused_key, filling.pop(fused_key)[0], requires_grad)
+
+
+def _fused_parts(module: nn.Module) -> dict[str, tuple[str, slice, torch.Size, list[str]]]:
+    """Part key -> (fused weight key, the part's rows, the fused shape, all its part keys) for every fused layer."""
     out = {}
     for name, layer in module.named_modules():
         if getattr(layer, "parts", None):
             parent = name.rpartition(".")[0]
+            keys = {part: ".".join(filter(None, (parent, part, "weight"))) for part in layer.parts}
             for part, rows in part_rows(layer).items():
-                key = ".".join(filter(None, (parent, part, "weight")))
-                out[key] = (f"{name}.weight", rows, layer.weight.shape, len(layer.parts))
+                out[keys[part]] = (f"{name}.weight", rows, layer.weight.shape, list(keys.values()))
     return out
 
 
