@@ -226,10 +226,8 @@ def weight_bytes_per_patch(engine, n_timesteps: int = 10) -> int:
     return lms + size(m.feat_encoder) + dit_calls * size(m.feat_decoder) + rest
 
 
-def matmul_floor(engine, text: str) -> float:
-    """Seconds the Linear products of one steady-state decode step take alone: every Linear call of step 3 is
-    recorded (module, input shape, in order), then replayed on random inputs of the same shapes. The rest of
-    the step (attention, norms, activations, Python) is what ours spends above this floor."""
+def step_linear_calls(engine, texts: list[str]) -> list[tuple[torch.nn.Module, torch.Size]]:
+    """Every Linear call (module, input shape, in order) of the third decode step of a batch generation."""
     from voxcpm_engine import GenerationOptions
 
     calls, marks = [], []
@@ -237,17 +235,37 @@ def matmul_floor(engine, text: str) -> float:
     hooks = [m.register_forward_hook(lambda mod, args, out: calls.append((mod, args[0].shape))) for m in linears]
     try:
         opts = GenerationOptions(min_len=4, max_len=4, retry_badcase=False)
-        engine.generate(text, None, opts, seed=0, on_patch=lambda *_: marks.append(len(calls)))
+        engine.generate_batch(texts, None, opts, [0] * len(texts), on_patch=lambda *_: marks.append(len(calls)))
     finally:
         for h in hooks:
             h.remove()
-    step = [(m, torch.randn(shape, dtype=engine.dtype, device=engine.device)) for m, shape in calls[marks[1]:marks[2]]]
+    return calls[marks[1]:marks[2]]
+
+
+def matmul_floor(engine, text: str) -> float:
+    """Seconds the Linear products of one steady-state decode step take alone: every Linear call of step 3 is
+    recorded, then replayed on random inputs of the same shapes. The rest of the step (attention, norms,
+    activations, Python) is what ours spends above this floor."""
+    step = [(m, torch.randn(shape, dtype=engine.dtype, device=engine.device))
+            for m, shape in step_linear_calls(engine, [text])]
+
     def replay():
         for module, x in step:
             module(x)
 
     with torch.inference_mode():
         return best_seconds(replay, engine.device, runs=3, warmup=1)
+
+
+def step_gflop(engine, texts: list[str]) -> float:
+    """Arithmetic of one decode step's Linear products (2 x rows x in x out each), in GFLOP."""
+    return sum(2 * shape.numel() * m.out_features for m, shape in step_linear_calls(engine, texts)) / 1e9
+
+
+def peak_gemm_gflops(dtype: torch.dtype, device: str) -> float:
+    """This machine's large-GEMM rate in `dtype` (2048 x 2048 x 2048), GFLOP/s: the most any product reaches."""
+    a, b = (torch.randn(2048, 2048, device=device).to(dtype) for _ in range(2))
+    return 2 * 2048 ** 3 / best_seconds(lambda: a @ b, device, runs=5, warmup=2) / 1e9
 
 
 def main() -> None:
