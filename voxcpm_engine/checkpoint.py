@@ -289,7 +289,8 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
     filling: dict[str, list] = {}  # fused weight key -> [its tensor, part keys still to read, copying?]
     for key, current in module.state_dict(keep_vars=True).items():
         if key in fused:
-            _load_part(module, state_dict, key, fused[key], dtype or current.dtype, current.requires_grad, filling)
+            _load_part(module, state_dict, release, key, fused[key], dtype or current.dtype, current.requires_grad,
+                       filling)
             continue
         tensor = source = state_dict[key]
         if tensor.is_floating_point():
@@ -301,7 +302,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], *, dtype
     return module
 
 
-def _load_part(module, state_dict, key, layout, dtype, requires_grad, filling) -> None:
+def _load_part(module, state_dict, release, key, layout, dtype, requires_grad, filling) -> None:
     """One part of a fused layer: read into the layer's rows; the layer is assigned once all its parts are read.
     Parts stored back to back in the file, in order and in the target dtype, are used in place instead (safetensors
     files keep keys sorted, so gate_proj is followed by up_proj)."""
@@ -313,7 +314,7 @@ def _load_part(module, state_dict, key, layout, dtype, requires_grad, filling) -
     tensor, left, copying = filling[fused_key]
     if copying:
         _read_into(state_dict, key, tensor[rows])
-        getattr(state_dict, "release", lambda key: None)(key)
+        release(key)
     left.discard(key)
     if not left:
         _assign(module, fused_key, filling.pop(fused_key)[0], requires_grad)
