@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layers.linear import part_rows
+from .layers.linear import part_names
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -152,11 +152,14 @@ class SafetensorsFile(Mapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         entry = self.entries[key]
         begin, end = entry["data_offsets"]
-        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
         if end == begin:
-            return torch.empty(entry["shape"], dtype=dtype)
+            return torch.empty(entry["shape"], dtype=self.dtype_of(key))
+        return self._mapped(begin, end, self.dtype_of(key), entry["shape"])
+
+    def _mapped(self, begin: int, end: int, dtype: torch.dtype, shape) -> torch.Tensor:
+        """Bytes [begin, end) of the data section as a zero-copy tensor of `dtype` and `shape`."""
         data = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self.data_start + begin)
-        return data.view(dtype).reshape(entry["shape"])
+        return data.view(dtype).reshape(shape)
 
     def dtype_of(self, key: str) -> torch.dtype:
         return _SAFETENSORS_DTYPES[self.entries[key]["dtype"]]
@@ -185,9 +188,8 @@ class SafetensorsFile(Mapping):
         begin, end = first["data_offsets"][0], entries[-1]["data_offsets"][1]
         if end == begin:
             return None
-        data = torch.frombuffer(self._map, dtype=torch.uint8, count=end - begin, offset=self.data_start + begin)
         rows = sum(e["shape"][0] for e in entries)
-        return data.view(_SAFETENSORS_DTYPES[first["dtype"]]).reshape(rows, *first["shape"][1:])
+        return self._mapped(begin, end, self.dtype_of(keys[0]), (rows, *first["shape"][1:]))
 
     def release(self, key: str) -> None:
         """Drop the mapped pages lying wholly inside this tensor's bytes (after the loader copied it)."""
@@ -325,10 +327,9 @@ def _fused_parts(module: nn.Module) -> dict[str, tuple[str, slice, torch.Size, l
     out = {}
     for name, layer in module.named_modules():
         if getattr(layer, "parts", None):
-            parent = name.rpartition(".")[0]
-            keys = {part: ".".join(filter(None, (parent, part, "weight"))) for part in layer.parts}
-            for part, rows in part_rows(layer).items():
-                out[keys[part]] = (f"{name}.weight", rows, layer.weight.shape, list(keys.values()))
+            parts = {f"{part}.weight": rows for part, rows in part_names(name, layer).items()}
+            for key, rows in parts.items():
+                out[key] = (f"{name}.weight", rows, layer.weight.shape, list(parts))
     return out
 
 

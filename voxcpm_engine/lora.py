@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
-from .layers.linear import Linear, part_rows
+from .layers.linear import Linear, part_names
 
 WEIGHT_FILES = ("lora_weights.safetensors", "lora_weights.ckpt", "lora_weights.pth")
 CONFIG_FILE = "lora_config.json"
@@ -218,9 +218,8 @@ def adaptable_layers(model: nn.Module) -> dict[str, _Layer]:
         if not getattr(module, "parts", None):
             layers[name] = _Layer(name, module, slice(0, module.out_features))
             continue
-        parent = name.rpartition(".")[0]
-        for part, rows in part_rows(module).items():
-            layers[".".join(filter(None, (parent, part)))] = _Layer(name, module, rows)
+        for part_name, rows in part_names(name, module).items():
+            layers[part_name] = _Layer(name, module, rows)
     return layers
 
 

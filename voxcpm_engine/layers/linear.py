@@ -129,6 +129,12 @@ def part_rows(layer: Linear) -> dict[str, slice]:
     return rows
 
 
+def part_names(name: str, layer: Linear) -> dict[str, slice]:
+    """The official module name of each part of the fused layer `name` (a sibling of it) -> the part's rows."""
+    parent = name.rpartition(".")[0]
+    return {".".join(filter(None, (parent, part))): rows for part, rows in part_rows(layer).items()}
+
+
 def _split_parts(module, state_dict, prefix, local_metadata) -> None:
     for name, layer in fused_children(module).items():
         fused = state_dict.pop(f"{prefix}{name}.weight")
